@@ -1,0 +1,79 @@
+// Command kmsd is the kmsd key-management server and its operator tool.
+//
+//	kmsd server --config FILE      serve the KES API
+//	kmsd init --config FILE        create the cluster root key, sealed under the HSM
+//	kmsd identity new [...]        create a KES API key (and optionally key/cert files)
+//	kmsd identity of ARG           print the identity of an API key or certificate
+//
+// main only wires: each subcommand lives in its own file.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+// Set by the linker (-X main.version=... -X main.commit=...).
+var (
+	version = ""
+	commit  = ""
+)
+
+const usage = `usage: kmsd <command> [flags]
+
+commands:
+  server --config FILE [--addr HOST:PORT]   serve the KES key API over mTLS
+  init --config FILE                        create the root key and seal it under the HSM
+  identity new [flags] [subject]            create a KES API key (kes:v1:...)
+  identity of <api-key | cert.pem>          print the identity of an API key or certificate
+  version                                   print the version
+`
+
+func main() {
+	if len(os.Args) < 2 {
+		fmt.Fprint(os.Stderr, usage)
+		os.Exit(2)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	var err error
+	switch cmd, args := os.Args[1], os.Args[2:]; cmd {
+	case "server":
+		err = runServer(ctx, args)
+	case "init":
+		err = runInit(ctx, args)
+	case "identity":
+		err = runIdentity(args)
+	case "version", "--version", "-v":
+		fmt.Println("kmsd", versionString())
+	case "help", "-h", "--help":
+		fmt.Print(usage)
+	default:
+		fmt.Fprintf(os.Stderr, "kmsd: unknown command %q\n\n%s", cmd, usage)
+		os.Exit(2)
+	}
+	if err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			os.Exit(2)
+		}
+		fmt.Fprintln(os.Stderr, "kmsd:", err)
+		os.Exit(1)
+	}
+}
+
+func versionString() string {
+	v := version
+	if v == "" {
+		v = "dev"
+	}
+	if commit != "" {
+		v += " (" + commit + ")"
+	}
+	return v
+}

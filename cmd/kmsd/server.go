@@ -1,0 +1,239 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/kmsd/kmsd/api"
+	"github.com/kmsd/kmsd/cluster"
+	"github.com/kmsd/kmsd/fsm"
+	"github.com/kmsd/kmsd/hsm"
+	"github.com/kmsd/kmsd/seal"
+	"github.com/kmsd/kmsd/storage"
+)
+
+// Compile-time proof that the HSM module is a seal.Sealer (hsm does not
+// import seal; Go interfaces are structural).
+var _ seal.Sealer = (*hsm.Module)(nil)
+
+// node is one running kmsd server: the components in boot order.
+type node struct {
+	cfgPath string
+	log     *slog.Logger
+	cfg     atomic.Pointer[fileConfig]
+
+	db      *storage.DB
+	fsm     *fsm.FSM
+	raft    *cluster.Node
+	cache   *seal.Cache
+	keyring atomic.Pointer[seal.Keyring]
+	api     *api.Server
+	tls     tlsReloader
+
+	hsmMu sync.Mutex
+	hsm   *hsm.Module
+}
+
+func runServer(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("server", flag.ContinueOnError)
+	cfgPath := fs.String("config", "", "path to the config file (required)")
+	addr := fs.String("addr", "", "API listen address (overrides the config's address)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *cfgPath == "" {
+		return errors.New("server: --config is required")
+	}
+	cfg, err := loadConfig(*cfgPath)
+	if err != nil {
+		return err
+	}
+	if *addr != "" {
+		cfg.Address = *addr
+	}
+	errStream := api.NewErrorStream(slog.LevelError)
+	level, _ := parseLevel(cfg.Log.Error)
+	logger := slog.New(errStream.Wrap(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})))
+
+	n := &node{cfgPath: *cfgPath, log: logger}
+	n.cfg.Store(cfg)
+	defer n.close()
+	if err := n.openState(ctx); err != nil {
+		return err
+	}
+	if err := n.tls.load(cfg); err != nil {
+		return err
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(n.raft.Collector())
+	if n.api, err = api.New(n.apiConfig(cfg, errStream, reg), api.Deps{
+		Store:   n.fsm,
+		Cluster: n.raft,
+		Keyring: n.keyring.Load,
+		Cache:   n.cache,
+	}); err != nil {
+		return err
+	}
+	defer n.api.Close()
+
+	go n.unsealLoop(ctx)
+	return n.serve(ctx, cfg.Address, errStream, reg)
+}
+
+// openState opens badger, the FSM, the cache and raft, in that order.
+func (n *node) openState(ctx context.Context) error {
+	cfg := n.cfg.Load()
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return fmt.Errorf("data_dir: %w", err)
+	}
+	var err error
+	if n.db, err = storage.Open(storage.Options{Dir: filepath.Join(cfg.DataDir, "state"), Logger: n.log}); err != nil {
+		return err
+	}
+	n.cache = seal.NewCache(seal.CacheConfig{Any: cfg.Cache.Expiry.Any, Unused: cfg.Cache.Expiry.Unused})
+	if n.fsm, err = fsm.New(n.db, fsm.Config{
+		Logger:    n.log,
+		OnDelete:  n.cache.Invalidate,
+		OnRestore: n.cache.Purge,
+	}); err != nil {
+		return err
+	}
+	n.raft, err = cluster.Open(ctx, cluster.Config{
+		NodeID:    cfg.Cluster.NodeID,
+		DataDir:   filepath.Join(cfg.DataDir, "raft"),
+		BindAddr:  cfg.Cluster.Address,
+		Bootstrap: *cfg.Cluster.Bootstrap,
+		Logger:    n.log,
+	}, n.fsm)
+	return err
+}
+
+func (n *node) apiConfig(cfg *fileConfig, es *api.ErrorStream, reg *prometheus.Registry) api.Config {
+	c := api.Config{
+		NodeName:  cfg.Cluster.NodeID,
+		Admin:     cfg.Admin.Identity,
+		Policies:  map[string]api.Policy{},
+		Routes:    map[string]api.RouteConfig{},
+		Version:   version,
+		Commit:    commit,
+		StartTime: time.Now().UTC(),
+		Logger:    n.log,
+		ErrorLog:  es,
+		Registry:  reg,
+	}
+	if lvl, _ := parseLevel(cfg.Log.Audit); lvl <= slog.LevelInfo {
+		c.Audit = os.Stdout
+	}
+	for name, p := range cfg.Policy {
+		c.Policies[name] = api.Policy{Allow: p.Allow, Deny: p.Deny, Identities: p.Identities}
+	}
+	for path, r := range cfg.API {
+		c.Routes[path] = api.RouteConfig{Timeout: r.Timeout, SkipAuth: r.SkipAuth}
+	}
+	return c
+}
+
+// serve runs the HTTPS listener until ctx ends, reloading on SIGHUP.
+func (n *node) serve(ctx context.Context, addr string, es *api.ErrorStream, reg *prometheus.Registry) error {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("server: listen %s: %w", addr, err)
+	}
+	srv := &http.Server{
+		Handler:           n.api.Handler(),
+		ReadHeaderTimeout: 5 * time.Second,
+		IdleTimeout:       90 * time.Second,
+		ErrorLog:          slog.NewLogLogger(n.log.Handler(), slog.LevelDebug),
+	}
+	srv.TLSConfig = n.tls.config()
+	srv.TLSConfig.GetCertificate = func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return n.tls.cur.Load().cert, nil }
+	errc := make(chan error, 1)
+	go func() { errc <- srv.ServeTLS(ln, "", "") }()
+	n.log.Info("kmsd: serving the KES API", "address", ln.Addr().String(), "node", n.cfg.Load().Cluster.NodeID)
+
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	for {
+		select {
+		case <-hup:
+			n.reload(es, reg)
+		case err := <-errc:
+			return fmt.Errorf("server: %w", err)
+		case <-ctx.Done():
+			n.log.Info("kmsd: shutting down")
+			n.api.Close() // end log streams so Shutdown does not wait on them
+			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			if err := srv.Shutdown(sctx); err != nil {
+				srv.Close()
+			}
+			return nil
+		}
+	}
+}
+
+// reload re-reads the config file (SIGHUP): admin, policies, API
+// settings and TLS. Anything invalid is rejected as a whole and logged;
+// the running configuration stays.
+func (n *node) reload(es *api.ErrorStream, reg *prometheus.Registry) {
+	cfg, err := loadConfig(n.cfgPath)
+	if err != nil {
+		n.log.Error("kmsd: reload rejected, keeping the running configuration", "err", err)
+		return
+	}
+	old := n.cfg.Load()
+	cfg.Address, cfg.DataDir, cfg.Cluster, cfg.HSM = old.Address, old.DataDir, old.Cluster, old.HSM
+	if err := n.tls.load(cfg); err != nil {
+		n.log.Error("kmsd: reload rejected, keeping the running configuration", "err", err)
+		return
+	}
+	if err := n.api.Reload(n.apiConfig(cfg, es, reg)); err != nil {
+		n.log.Error("kmsd: reload rejected, keeping the running configuration", "err", err)
+		return
+	}
+	n.cfg.Store(cfg)
+	n.log.Info("kmsd: configuration reloaded")
+	if n.keyring.Load() != nil {
+		go n.ensureKeys(context.Background())
+	}
+}
+
+func (n *node) close() {
+	if n.raft != nil {
+		if err := n.raft.Shutdown(); err != nil {
+			n.log.Error("kmsd: raft shutdown", "err", err)
+		}
+	}
+	if n.db != nil {
+		if err := n.db.Close(); err != nil {
+			n.log.Error("kmsd: storage close", "err", err)
+		}
+	}
+	if n.cache != nil {
+		n.cache.Close()
+	}
+	if kr := n.keyring.Swap(nil); kr != nil {
+		kr.Destroy()
+	}
+	n.hsmMu.Lock()
+	if n.hsm != nil {
+		n.hsm.Close()
+	}
+	n.hsmMu.Unlock()
+}

@@ -1,0 +1,286 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/kmsd/kmsd/fsm"
+	"github.com/kmsd/kmsd/hsm"
+	"github.com/kmsd/kmsd/seal"
+)
+
+// stanzaFile is the node-local copy of this node's seal stanza: the REK
+// wrapped under this node's HSM key. It lets a node unseal at boot before
+// it talks to anyone. It holds no secret in clear.
+const stanzaFile = "seal.stanza"
+
+var errNotInitialised = errors.New("no seal stanza: run `kmsd init` on this node first")
+
+func (c *fileConfig) hsmConfig() (hsm.Config, error) {
+	pin, err := c.pin()
+	if err != nil {
+		return hsm.Config{}, err
+	}
+	return hsm.Config{
+		ModulePath:  c.HSM.Module,
+		TokenLabel:  c.HSM.Token,
+		PIN:         pin,
+		KeyLabel:    c.HSM.Key,
+		MaxSessions: c.HSM.MaxSessions,
+	}, nil
+}
+
+func readStanza(dataDir string) (seal.Stanza, error) {
+	var st seal.Stanza
+	b, err := os.ReadFile(filepath.Join(dataDir, stanzaFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return st, errNotInitialised
+	}
+	if err != nil {
+		return st, fmt.Errorf("seal stanza: %w", err)
+	}
+	if err := st.UnmarshalBinary(b); err != nil {
+		return st, fmt.Errorf("seal stanza %s: %w", filepath.Join(dataDir, stanzaFile), err)
+	}
+	return st, nil
+}
+
+// writeFileAtomic writes via a temp file, fsync and rename, so a crash
+// leaves either the old or the new file, never a torn one.
+func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), ".tmp-"+filepath.Base(path))
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(data); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Chmod(perm); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return err
+	}
+	d, err := os.Open(filepath.Dir(path))
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
+
+// runInit creates the cluster root key (REK) and seals it under this
+// node's HSM key. It refuses to run twice.
+func runInit(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("init", flag.ContinueOnError)
+	cfgPath := fs.String("config", "", "path to the config file (required)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *cfgPath == "" {
+		return errors.New("init: --config is required")
+	}
+	cfg, err := loadConfig(*cfgPath)
+	if err != nil {
+		return err
+	}
+	path := filepath.Join(cfg.DataDir, stanzaFile)
+	if _, err := os.Stat(path); err == nil {
+		return fmt.Errorf("init: already initialised (%s exists)", path)
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return fmt.Errorf("init: %w", err)
+	}
+	hc, err := cfg.hsmConfig()
+	if err != nil {
+		return fmt.Errorf("init: %w", err)
+	}
+	mod, err := hsm.Open(ctx, hc)
+	if err != nil {
+		return fmt.Errorf("init: %w", err)
+	}
+	defer mod.Close()
+	kr, st, err := seal.Init(ctx, mod)
+	if err != nil {
+		return fmt.Errorf("init: %w", err)
+	}
+	defer kr.Destroy()
+	b, err := st.MarshalBinary()
+	if err != nil {
+		return fmt.Errorf("init: %w", err)
+	}
+	if err := writeFileAtomic(path, b, 0o600); err != nil {
+		return fmt.Errorf("init: %w", err)
+	}
+	fmt.Printf("kmsd: initialised: root key %s sealed under HSM key %s (%s)\n", kr.ID(), st.KeyID, st.Mechanism)
+	return nil
+}
+
+// unsealLoop tries to unseal until it succeeds or ctx ends, backing off
+// up to a minute. Until then the node serves sealed (503 on key routes).
+func (n *node) unsealLoop(ctx context.Context) {
+	backoff := time.Second
+	for {
+		err := n.unseal(ctx)
+		if err == nil {
+			n.afterUnseal(ctx)
+			return
+		}
+		n.log.Error("kmsd: node is sealed", "err", err, "retry_in", backoff.String())
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, time.Minute)
+	}
+}
+
+// unseal opens the HSM, unwraps the local stanza and checks the REK
+// against the one recorded in the replicated state. A node never serves
+// with a REK it cannot prove.
+func (n *node) unseal(ctx context.Context) error {
+	cfg := n.cfg.Load()
+	st, err := readStanza(cfg.DataDir)
+	if err != nil {
+		return err
+	}
+	hc, err := cfg.hsmConfig()
+	if err != nil {
+		return err
+	}
+	mod, err := hsm.Open(ctx, hc)
+	if err != nil {
+		return err
+	}
+	kr, err := seal.Unseal(ctx, mod, st)
+	if err != nil {
+		mod.Close()
+		return err
+	}
+	if id, err := n.fsm.REKID(); err != nil || (id != "" && id != kr.ID()) {
+		kr.Destroy()
+		mod.Close()
+		if err != nil {
+			return err
+		}
+		return fmt.Errorf("unseal: this node's root key %s is not the cluster's root key %s", kr.ID(), id)
+	}
+	n.hsmMu.Lock()
+	n.hsm = mod
+	n.hsmMu.Unlock()
+	n.keyring.Store(kr)
+	n.log.Info("kmsd: unsealed", "rek", kr.ID(), "hsm_key", st.KeyID)
+	return nil
+}
+
+// afterUnseal records this node's stanza in the replicated state (so a
+// snapshot lists every HSM key that can unseal it) and creates the
+// pre-defined keys. Both need a leader; they retry with bounded backoff.
+func (n *node) afterUnseal(ctx context.Context) {
+	cfg := n.cfg.Load()
+	st, err := readStanza(cfg.DataDir)
+	if err != nil {
+		return
+	}
+	b, _ := st.MarshalBinary()
+	cmd := &fsm.PutStanza{KeyID: st.KeyID, REKID: st.REKID, Stanza: b}
+	retry(ctx, n, "record seal stanza", func(ctx context.Context) error {
+		have, err := n.fsm.Stanzas()
+		if err != nil {
+			return err
+		}
+		for _, s := range have {
+			if s.KeyID == st.KeyID && s.REKID == st.REKID {
+				return nil
+			}
+		}
+		res, err := n.raft.Apply(ctx, cmd)
+		if err != nil {
+			return err
+		}
+		return res.Err()
+	})
+	n.ensureKeys(ctx)
+}
+
+// ensureKeys creates the config's pre-defined keys that do not exist yet.
+func (n *node) ensureKeys(ctx context.Context) {
+	cfg := n.cfg.Load()
+	for _, k := range cfg.Keys {
+		name := k.Name
+		retry(ctx, n, "create pre-defined key "+name, func(ctx context.Context) error {
+			if _, err := n.fsm.GetKey(name); err == nil {
+				return nil
+			}
+			err := n.createKey(ctx, name, cfg.Admin.Identity)
+			if errors.Is(err, fsm.ErrKeyExists) {
+				return nil
+			}
+			return err
+		})
+	}
+}
+
+func (n *node) createKey(ctx context.Context, name, by string) error {
+	kr := n.keyring.Load()
+	if kr == nil {
+		return seal.ErrSealed
+	}
+	key, err := seal.NewKey(seal.AES256, rand.Reader)
+	if err != nil {
+		return err
+	}
+	defer key.Zero()
+	sealed, err := kr.SealKey(name, 1, key)
+	if err != nil {
+		return err
+	}
+	rec := fsm.Key{Name: name, Algorithm: uint8(seal.AES256), Version: 1, Sealed: sealed, CreatedAt: time.Now().UTC(), CreatedBy: by}
+	if _, err := rand.Read(rec.RequestID[:]); err != nil {
+		return err
+	}
+	res, err := n.raft.Apply(ctx, &fsm.CreateKey{Key: rec})
+	if err != nil {
+		return err
+	}
+	return res.Err()
+}
+
+// retry runs fn until it succeeds, ctx ends, or 10 attempts over about a
+// minute have failed; failures are logged.
+func retry(ctx context.Context, n *node, what string, fn func(context.Context) error) {
+	backoff := 250 * time.Millisecond
+	for attempt := 1; attempt <= 10; attempt++ {
+		actx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		err := fn(actx)
+		cancel()
+		if err == nil {
+			return
+		}
+		n.log.Warn("kmsd: "+what+" failed", "attempt", attempt, "err", err)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, 10*time.Second)
+	}
+	n.log.Error("kmsd: giving up: " + what)
+}
