@@ -33,6 +33,9 @@ var (
 	// ErrViewInvalid is returned by View methods when a Restore replaced
 	// the state after the view was taken.
 	ErrViewInvalid = errors.New("storage: view invalidated by a restore")
+	// ErrTxnTooBig is returned by Update when the transaction exceeds
+	// badger's batch limit (about 600 KiB with our memtable size).
+	ErrTxnTooBig = errors.New("storage: transaction too big")
 )
 
 // reserved keys (namespace 0x00, invisible to callers).
@@ -198,7 +201,11 @@ func (db *DB) Update(fn func(Txn) error) error {
 	if db.closed {
 		return ErrClosed
 	}
-	return db.bdb.Update(func(t *badger.Txn) error { return fn(&txn{t: t, rw: true}) })
+	err := db.bdb.Update(func(t *badger.Txn) error { return fn(&txn{t: t, rw: true}) })
+	if errors.Is(err, badger.ErrTxnTooBig) {
+		return fmt.Errorf("%w: %w", ErrTxnTooBig, err)
+	}
+	return err
 }
 
 // Applied returns the raft index and term last recorded with

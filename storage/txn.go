@@ -64,6 +64,9 @@ func (x *txn) Set(key, val []byte) error {
 func (x *txn) set(key, val []byte) error {
 	// badger keeps the slices until commit: copy so callers may reuse.
 	if err := x.t.Set(bytes.Clone(key), bytes.Clone(val)); err != nil {
+		if errors.Is(err, badger.ErrTxnTooBig) {
+			return fmt.Errorf("%w: %w", ErrTxnTooBig, err)
+		}
 		return fmt.Errorf("storage: set: %w", err)
 	}
 	return nil
@@ -74,6 +77,9 @@ func (x *txn) Delete(key []byte) error {
 		return ErrReservedKey
 	}
 	if err := x.t.Delete(bytes.Clone(key)); err != nil {
+		if errors.Is(err, badger.ErrTxnTooBig) {
+			return fmt.Errorf("%w: %w", ErrTxnTooBig, err)
+		}
 		return fmt.Errorf("storage: delete: %w", err)
 	}
 	return nil
