@@ -1,0 +1,412 @@
+package api
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"runtime"
+	"slices"
+	"time"
+
+	"golang.org/x/sys/cpu"
+
+	"github.com/kmsd/kmsd/cluster"
+	"github.com/kmsd/kmsd/fsm"
+	"github.com/kmsd/kmsd/seal"
+)
+
+// resolveTimeout bounds the read barrier that settles an ambiguous write
+// when the request's own deadline is already spent.
+const resolveTimeout = 2 * time.Second
+
+// Request and response bodies. Unknown fields, including the "version"
+// that newer clients send, are ignored by encoding/json.
+type (
+	importRequest struct {
+		Key    []byte `json:"key"`
+		Cipher string `json:"cipher"`
+	}
+	generateRequest struct {
+		Context []byte `json:"context"`
+	}
+	encryptRequest struct {
+		Plaintext []byte `json:"plaintext"`
+		Context   []byte `json:"context"`
+	}
+	decryptRequest struct {
+		Ciphertext []byte `json:"ciphertext"`
+		Context    []byte `json:"context"`
+	}
+	hmacRequest struct {
+		Message []byte `json:"message"`
+	}
+	describeKeyResponse struct {
+		Name      string    `json:"name"`
+		Algorithm string    `json:"algorithm"`
+		CreatedAt time.Time `json:"created_at"`
+		CreatedBy string    `json:"created_by"`
+	}
+	listKeysResponse struct {
+		Names      []string `json:"names"`
+		ContinueAt string   `json:"continue_at,omitempty"`
+	}
+	generateResponse struct {
+		Plaintext  []byte `json:"plaintext"`
+		Ciphertext []byte `json:"ciphertext"`
+	}
+	encryptResponse struct {
+		Ciphertext []byte `json:"ciphertext"`
+	}
+	decryptResponse struct {
+		Plaintext []byte `json:"plaintext"`
+	}
+	hmacResponse struct {
+		HMAC []byte `json:"hmac"`
+	}
+)
+
+// createKey: PUT /v1/key/create/{name}.
+func (s *Server) createKey(req *request) error {
+	name := req.resource
+	if !validName(name) {
+		return invalidName("key name", name)
+	}
+	kr, err := s.keyring()
+	if err != nil {
+		return err
+	}
+	key, err := seal.NewKey(defaultAlgorithm(), s.deps.Rand)
+	if err != nil {
+		return fail500("failed to generate encryption key", err)
+	}
+	defer key.Zero()
+	return s.storeKey(req, kr, key, false)
+}
+
+// importKey: PUT /v1/key/import/{name} {"key":b64,"cipher":name}.
+func (s *Server) importKey(req *request) error {
+	name := req.resource
+	if !validName(name) {
+		return invalidName("key name", name)
+	}
+	var in importRequest
+	if err := decodeBody(req, &in, false, errBadImportBody); err != nil {
+		return err
+	}
+	defer clear(in.Key)
+	alg, err := seal.ParseAlgorithm(in.Cipher)
+	if err != nil {
+		return &apiError{status: http.StatusNotAcceptable, message: fmt.Sprintf("algorithm '%s' is not supported", in.Cipher), cause: err}
+	}
+	badSize := newError(http.StatusNotAcceptable, fmt.Sprintf("invalid key size for '%s'", alg))
+	if len(in.Key) != 32 {
+		return badSize
+	}
+	kr, err := s.keyring()
+	if err != nil {
+		return err
+	}
+	key, err := seal.ImportKey(alg, in.Key, s.deps.Rand)
+	switch {
+	case errors.Is(err, seal.ErrInvalidKeySize):
+		return badSize
+	case errors.Is(err, seal.ErrUnsupportedAlgorithm):
+		return newError(http.StatusNotAcceptable, fmt.Sprintf("algorithm '%s' is not supported", in.Cipher))
+	case err != nil:
+		return fail500("failed to create key", err)
+	}
+	defer key.Zero()
+	return s.storeKey(req, kr, key, true)
+}
+
+// storeKey seals key and replicates its record under req.resource.
+func (s *Server) storeKey(req *request, kr *seal.Keyring, key *seal.Key, imported bool) error {
+	const version = 1
+	sealed, err := kr.SealKey(req.resource, version, key)
+	if err != nil {
+		return fail500("failed to create key", err)
+	}
+	rec := fsm.Key{
+		Name:      req.resource,
+		Algorithm: uint8(key.Algorithm()),
+		Version:   version,
+		Sealed:    sealed,
+		CreatedAt: s.deps.Now().UTC(),
+		CreatedBy: req.identity,
+		Imported:  imported,
+	}
+	if _, err := io.ReadFull(s.deps.Rand, rec.RequestID[:]); err != nil {
+		return fail500("failed to create key", err)
+	}
+	if err := s.applyCreate(req.ctx, rec); err != nil {
+		return fail502("failed to create key", err)
+	}
+	return writeEmpty(req.w)
+}
+
+// applyCreate commits a CreateKey. An ambiguous outcome (or "exists",
+// should a lower layer have retried) is settled by the RequestID stored
+// in the record: if it is ours, the create succeeded (design.md §3).
+func (s *Server) applyCreate(ctx context.Context, rec fsm.Key) error {
+	err := s.apply(ctx, &fsm.CreateKey{Key: rec})
+	if errors.Is(err, cluster.ErrUnknownOutcome) || errors.Is(err, fsm.ErrKeyExists) {
+		if s.settled(ctx, func() bool {
+			got, gerr := s.deps.Store.GetKey(rec.Name)
+			return gerr == nil && got.RequestID == rec.RequestID
+		}) {
+			return nil
+		}
+	}
+	return err
+}
+
+// apply commits cmd and folds the Result code into the error.
+func (s *Server) apply(ctx context.Context, cmd fsm.Command) error {
+	res, err := s.deps.Cluster.Apply(ctx, cmd)
+	if err != nil {
+		return err
+	}
+	return res.Err()
+}
+
+// settled reports whether done() holds, first on the local replica, then
+// after a read barrier. The barrier gets a short budget of its own, since
+// the request's context may be what ran out.
+func (s *Server) settled(ctx context.Context, done func() bool) bool {
+	if done() {
+		return true
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), resolveTimeout)
+	defer cancel()
+	return s.deps.Cluster.ReadBarrier(ctx) == nil && done()
+}
+
+// describeKey: GET /v1/key/describe/{name}. It reads only the record, so
+// it works on a sealed node too.
+func (s *Server) describeKey(req *request) error {
+	name := req.resource
+	if !validName(name) {
+		return invalidName("key name", name)
+	}
+	rec, err := s.lookup(req.ctx, name)
+	if err != nil {
+		return fail502("failed to read key", err)
+	}
+	return writeJSON(req.w, describeKeyResponse{
+		Name:      rec.Name,
+		Algorithm: seal.Algorithm(rec.Algorithm).String(),
+		CreatedAt: rec.CreatedAt.UTC(),
+		CreatedBy: rec.CreatedBy,
+	})
+}
+
+// listKeys: GET /v1/key/list/{pattern}. All matches in one response,
+// continue_at omitted (KES Q1, Q9). Works on a sealed node too.
+func (s *Server) listKeys(req *request) error {
+	pattern := req.resource
+	if !validPattern(pattern) {
+		return invalidPattern(pattern)
+	}
+	names, err := s.deps.Store.ListKeys(listPrefix(pattern))
+	if err != nil {
+		return fail502("failed to list keys", err)
+	}
+	names = slices.Clone(names)
+	if names == nil {
+		names = []string{}
+	}
+	slices.Sort(names)
+	return writeJSON(req.w, listKeysResponse{Names: names})
+}
+
+// deleteKey: DELETE /v1/key/delete/{name}.
+func (s *Server) deleteKey(req *request) error {
+	name := req.resource
+	if !validName(name) {
+		return invalidName("key name", name)
+	}
+	if _, err := s.keyring(); err != nil {
+		return err
+	}
+	cmd := &fsm.DeleteKey{Name: name}
+	if _, err := io.ReadFull(s.deps.Rand, cmd.RequestID[:]); err != nil {
+		return fail500("failed to delete key", err)
+	}
+	err := s.apply(req.ctx, cmd)
+	if errors.Is(err, cluster.ErrUnknownOutcome) && s.settled(req.ctx, func() bool {
+		_, gerr := s.deps.Store.GetKey(name)
+		return errors.Is(gerr, fsm.ErrKeyNotFound)
+	}) {
+		err = nil
+	}
+	if err != nil {
+		return fail502("failed to delete key", err)
+	}
+	if s.deps.Cache != nil {
+		s.deps.Cache.Invalidate(name)
+	}
+	return writeEmpty(req.w)
+}
+
+// generateKey: PUT /v1/key/generate/{name} {"context":b64}. An empty body
+// means {}.
+func (s *Server) generateKey(req *request) error {
+	name := req.resource
+	if !validName(name) {
+		return invalidName("key name", name)
+	}
+	var in generateRequest
+	if err := decodeBody(req, &in, true, errBadBody); err != nil {
+		return err
+	}
+	key, release, err := s.openKey(req.ctx, name)
+	if err != nil {
+		return err
+	}
+	defer release()
+	pt, ct, err := key.GenerateDEK(s.deps.Rand, in.Context)
+	if err != nil {
+		return fail500("failed to generate encryption key", err)
+	}
+	defer clear(pt)
+	return writeJSON(req.w, generateResponse{Plaintext: pt, Ciphertext: ct})
+}
+
+// encrypt: PUT /v1/key/encrypt/{name} {"plaintext":b64,"context":b64}.
+func (s *Server) encrypt(req *request) error {
+	name := req.resource
+	if !validName(name) {
+		return invalidName("key name", name)
+	}
+	var in encryptRequest
+	if err := decodeBody(req, &in, false, errBadBody); err != nil {
+		return err
+	}
+	defer clear(in.Plaintext)
+	key, release, err := s.openKey(req.ctx, name)
+	if err != nil {
+		return err
+	}
+	defer release()
+	ct, err := key.Encrypt(s.deps.Rand, in.Plaintext, in.Context)
+	if err != nil {
+		return fail500("failed to encrypt plaintext", err)
+	}
+	return writeJSON(req.w, encryptResponse{Ciphertext: ct})
+}
+
+// decrypt: PUT /v1/key/decrypt/{name} {"ciphertext":b64,"context":b64}.
+func (s *Server) decrypt(req *request) error {
+	name := req.resource
+	if !validName(name) {
+		return invalidName("key name", name)
+	}
+	var in decryptRequest
+	if err := decodeBody(req, &in, false, errBadBody); err != nil {
+		return err
+	}
+	key, release, err := s.openKey(req.ctx, name)
+	if err != nil {
+		return err
+	}
+	defer release()
+	pt, err := key.Decrypt(in.Ciphertext, in.Context)
+	if err != nil {
+		return fail500("failed to decrypt ciphertext", err) // seal.ErrDecrypt: 400 by the table
+	}
+	defer clear(pt)
+	return writeJSON(req.w, decryptResponse{Plaintext: pt})
+}
+
+// hmac: PUT /v1/key/hmac/{name} {"message":b64}.
+func (s *Server) hmac(req *request) error {
+	name := req.resource
+	if !validName(name) {
+		return invalidName("key name", name)
+	}
+	var in hmacRequest
+	if err := decodeBody(req, &in, false, errBadBody); err != nil {
+		return err
+	}
+	key, release, err := s.openKey(req.ctx, name)
+	if err != nil {
+		return err
+	}
+	defer release()
+	sum, err := key.HMAC(in.Message)
+	if err != nil {
+		return fail500("failed to compute HMAC", err) // seal.ErrNoHMAC: 409 by the table
+	}
+	return writeJSON(req.w, hmacResponse{HMAC: sum})
+}
+
+// lookup reads a key record locally. On a miss it waits for the local
+// replica to catch up with the leader (read barrier) and looks again, so
+// a key committed through another node is never reported missing. If no
+// leader can be reached it answers 503, so the client tries another node.
+func (s *Server) lookup(ctx context.Context, name string) (fsm.Key, error) {
+	rec, err := s.deps.Store.GetKey(name)
+	if !errors.Is(err, fsm.ErrKeyNotFound) {
+		return rec, err
+	}
+	if err := s.deps.Cluster.ReadBarrier(ctx); err != nil {
+		return fsm.Key{}, &apiError{
+			status:  http.StatusServiceUnavailable,
+			message: "cannot confirm the key does not exist: no leader reachable",
+			cause:   err,
+		}
+	}
+	return s.deps.Store.GetKey(name)
+}
+
+// openKey returns the unsealed key name, from the cache if there is one.
+// release must be called when done with the key.
+func (s *Server) openKey(ctx context.Context, name string) (key *seal.Key, release func(), err error) {
+	kr, err := s.keyring()
+	if err != nil {
+		return nil, nil, err
+	}
+	rec, err := s.lookup(ctx, name)
+	if err != nil {
+		return nil, nil, fail502("failed to read key", err)
+	}
+	load := func(context.Context) (*seal.Key, error) {
+		k, err := kr.OpenKey(rec.Name, rec.Version, rec.Sealed)
+		if err != nil && !errors.Is(err, seal.ErrSealed) {
+			// A stored key that does not unseal is our failure, never the
+			// client's "ciphertext is not authentic".
+			return nil, &failure{status: http.StatusBadGateway, message: "failed to read key", err: err, opaque: true}
+		}
+		return k, err
+	}
+	if s.deps.Cache == nil {
+		if key, err = load(ctx); err != nil {
+			return nil, nil, err
+		}
+		return key, key.Zero, nil
+	}
+	if key, err = s.deps.Cache.Get(ctx, name, load); err != nil {
+		return nil, nil, fail502("failed to read key", err)
+	}
+	return key, func() {}, nil
+}
+
+// defaultAlgorithm is the algorithm of created keys: AES256 when the CPU
+// has AES-GCM hardware, ChaCha20 otherwise (spec §6.1).
+func defaultAlgorithm() seal.Algorithm {
+	var hw bool
+	switch runtime.GOARCH {
+	case "amd64", "386":
+		hw = cpu.X86.HasAES && cpu.X86.HasPCLMULQDQ
+	case "arm64":
+		hw = cpu.ARM64.HasAES && cpu.ARM64.HasPMULL
+	case "s390x":
+		hw = cpu.S390X.HasAES && cpu.S390X.HasAESGCM
+	}
+	if hw {
+		return seal.AES256
+	}
+	return seal.ChaCha20
+}
