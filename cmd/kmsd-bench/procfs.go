@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"errors"
 	"fmt"
 	"os"
 	"strconv"
@@ -94,4 +95,32 @@ func readPIDFile(path string) (int, error) {
 		return 0, fmt.Errorf("%s: not a pid: %q", path, strings.TrimSpace(string(b)))
 	}
 	return pid, nil
+}
+
+// readMachineCPU returns the CPU time all processes of the machine spent
+// in user and system mode (first line of /proc/stat: user, nice, system),
+// excluding idle, I/O wait and interrupt time.
+func readMachineCPU() (time.Duration, error) {
+	f, err := os.Open("/proc/stat")
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	s := bufio.NewScanner(f)
+	if !s.Scan() {
+		return 0, errors.New("/proc/stat: empty")
+	}
+	fields := strings.Fields(s.Text())
+	if len(fields) < 4 || fields[0] != "cpu" {
+		return 0, errors.New("/proc/stat: malformed")
+	}
+	var ticks uint64
+	for _, v := range fields[1:4] {
+		n, err := strconv.ParseUint(v, 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("/proc/stat: %w", err)
+		}
+		ticks += n
+	}
+	return time.Duration(ticks) * time.Second / clockTicks, nil
 }
