@@ -8,6 +8,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"io"
+	"log"
 	"log/slog"
 	"maps"
 	"net/http"
@@ -247,6 +248,7 @@ func newEnv(t *testing.T, opts ...envOption) *env {
 		t.Fatal(err)
 	}
 	e.ts.Config.Handler = e.srv.Handler()
+	e.ts.Config.ErrorLog = log.New(io.Discard, "", 0) // expected handshake failures
 	e.ts.StartTLS()
 	t.Cleanup(func() {
 		e.srv.Close()
