@@ -88,6 +88,10 @@ func (k APIKey) Identity() string {
 	return hex.EncodeToString(sum[:])
 }
 
+// PrivateKey returns the Ed25519 private key (nil for the zero value),
+// for writing it to a file. It is the secret: do not modify or log it.
+func (k APIKey) PrivateKey() ed25519.PrivateKey { return k.key }
+
 // Format prints the key as APIKey(<identity>) for every verb, so the
 // secret never reaches a log line or error message by accident.
 func (k APIKey) Format(f fmt.State, _ rune) {

@@ -99,6 +99,9 @@ func TestAPIKeyCertificate(t *testing.T) {
 	case len(c.DNSNames) != 1:
 		t.Error("option not applied")
 	}
+	if !k.PrivateKey().Public().(ed25519.PublicKey).Equal(c.PublicKey) {
+		t.Error("PrivateKey does not match the certificate")
+	}
 	if err := c.CheckSignature(c.SignatureAlgorithm, c.RawTBSCertificate, c.Signature); err != nil {
 		t.Errorf("not self-signed: %v", err)
 	}

@@ -152,9 +152,11 @@ func (s *Server) storeKey(req *request, kr *seal.Keyring, key *seal.Key, importe
 func (s *Server) applyCreate(ctx context.Context, rec fsm.Key) error {
 	err := s.apply(ctx, &fsm.CreateKey{Key: rec})
 	if errors.Is(err, cluster.ErrUnknownOutcome) || errors.Is(err, fsm.ErrKeyExists) {
-		if s.settled(ctx, func() bool {
+		// A record present locally is conclusive: ours or not. Only a
+		// missing one needs the barrier (the local replica may lag).
+		if s.settled(ctx, func() (bool, bool) {
 			got, gerr := s.deps.Store.GetKey(rec.Name)
-			return gerr == nil && got.RequestID == rec.RequestID
+			return gerr == nil && got.RequestID == rec.RequestID, gerr == nil
 		}) {
 			return nil
 		}
@@ -171,16 +173,22 @@ func (s *Server) apply(ctx context.Context, cmd fsm.Command) error {
 	return res.Err()
 }
 
-// settled reports whether done() holds, first on the local replica, then
-// after a read barrier. The barrier gets a short budget of its own, since
-// the request's context may be what ran out.
-func (s *Server) settled(ctx context.Context, done func() bool) bool {
-	if done() {
-		return true
+// settled reports whether an ambiguous write took effect. check answers
+// (done, conclusive) from the local replica; if it is not conclusive, a
+// read barrier brings the replica up to the leader's commit and check
+// decides. The barrier gets a short budget of its own, since the request's
+// context may be what ran out.
+func (s *Server) settled(ctx context.Context, check func() (done, conclusive bool)) bool {
+	if done, conclusive := check(); conclusive {
+		return done
 	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), resolveTimeout)
 	defer cancel()
-	return s.deps.Cluster.ReadBarrier(ctx) == nil && done()
+	if s.deps.Cluster.ReadBarrier(ctx) != nil {
+		return false
+	}
+	done, _ := check()
+	return done
 }
 
 // describeKey: GET /v1/key/describe/{name}. It reads only the record, so
@@ -235,9 +243,10 @@ func (s *Server) deleteKey(req *request) error {
 		return fail500("failed to delete key", err)
 	}
 	err := s.apply(req.ctx, cmd)
-	if errors.Is(err, cluster.ErrUnknownOutcome) && s.settled(req.ctx, func() bool {
+	if errors.Is(err, cluster.ErrUnknownOutcome) && s.settled(req.ctx, func() (bool, bool) {
 		_, gerr := s.deps.Store.GetKey(name)
-		return errors.Is(gerr, fsm.ErrKeyNotFound)
+		gone := errors.Is(gerr, fsm.ErrKeyNotFound) // a local hit may be stale
+		return gone, gone
 	}) {
 		err = nil
 	}

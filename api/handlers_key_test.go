@@ -32,6 +32,9 @@ func TestCreateKey(t *testing.T) {
 	c := e.client(&e.admin, false)
 	e.do(c, "POST", "/v1/key/create/k1", nil).expectEmpty(t, "create")
 	e.do(c, "POST", "/v1/key/create/k1", nil).expectError(t, "create again", 400, msgKeyExists)
+	if n := e.fc.barrierCount(); n != 0 {
+		t.Errorf("a plain duplicate create ran %d read barriers", n)
+	}
 
 	rec, err := e.fc.GetKey("k1")
 	if err != nil {
