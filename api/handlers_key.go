@@ -210,8 +210,17 @@ func (s *Server) describeKey(req *request) error {
 	})
 }
 
-// listKeys: GET /v1/key/list/{pattern}. All matches in one response,
-// continue_at omitted (KES Q1, Q9). Works on a sealed node too.
+// List paging: all matches go in one response unless that would come
+// near kms-go's 1 MiB response limit; then the response is a KES page of
+// 1024 names with continue_at set to the next name.
+const (
+	listPageSize  = 1024
+	maxListLength = 1<<20 - 4096
+)
+
+// listKeys: GET /v1/key/list/{pattern}. One trailing '*' is stripped and
+// the rest is a prefix (KES Q1); normally all matches in one response with
+// continue_at omitted (Q9). Works on a sealed node too.
 func (s *Server) listKeys(req *request) error {
 	pattern := req.resource
 	if !validPattern(pattern) {
@@ -226,7 +235,15 @@ func (s *Server) listKeys(req *request) error {
 		names = []string{}
 	}
 	slices.Sort(names)
-	return writeJSON(req.w, listKeysResponse{Names: names})
+	resp := listKeysResponse{Names: names}
+	size := len(`{"names":[]}` + "\n")
+	for _, n := range names {
+		size += len(n) + 3 // quotes and comma; valid names need no escaping
+	}
+	if size > maxListLength && len(names) > listPageSize {
+		resp.Names, resp.ContinueAt = names[:listPageSize], names[listPageSize]
+	}
+	return writeJSON(req.w, resp)
 }
 
 // deleteKey: DELETE /v1/key/delete/{name}.

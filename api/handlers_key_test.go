@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"fmt"
 	"io"
 	"os"
 	"strings"
@@ -133,6 +134,22 @@ func TestDescribeListDelete(t *testing.T) {
 		{"/v1/key/list/q", `{"names":[]}` + "\n"},
 	} {
 		e.do(c, "GET", tc.path, nil).expect(t, tc.path, 200, tc.body)
+	}
+
+	// Past kms-go's 1 MiB limit the list falls back to KES pages.
+	e.fc.set(func(f *fakeCluster) {
+		for i := range 20000 {
+			name := fmt.Sprintf("many-%05d-%s", i, strings.Repeat("x", 60))
+			f.keys[name] = fsm.Key{Name: name}
+		}
+	})
+	var page listKeysResponse
+	r := e.do(c, "GET", "/v1/key/list/many", nil)
+	if err := json.Unmarshal([]byte(r.body), &page); err != nil || len(page.Names) != 1024 || page.ContinueAt != page.Names[1023][:5]+"01024"+page.Names[1023][10:] {
+		t.Errorf("paged list: %v, %d names, continue_at %q", err, len(page.Names), page.ContinueAt)
+	}
+	if n := len(e.do(c, "GET", "/v1/key/list/many-0", nil).body); n > 1<<20 {
+		t.Errorf("10000 names: %d bytes", n)
 	}
 
 	e.do(c, "DELETE", "/v1/key/delete/abc", nil).expectEmpty(t, "delete")

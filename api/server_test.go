@@ -100,3 +100,6 @@ func TestReload(t *testing.T) {
 	}
 	e.do(user, "PUT", "/v1/key/create/still-admin", nil).expectEmpty(t, "after rejected reload")
 }
+
+// The real replica satisfies the API's consumer-side interface.
+var _ KeyStore = (*fsm.FSM)(nil)
