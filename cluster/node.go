@@ -1,0 +1,250 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/raft"
+	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
+
+	"github.com/kmsd/kmsd/fsm"
+)
+
+// ErrStateMismatch is returned by Open when the FSM's storage holds
+// applied state but raft has no log, stable store or snapshot: the data
+// directories do not belong together, and starting would make the FSM
+// skip entries it never applied.
+var ErrStateMismatch = errors.New("cluster: FSM state without raft state")
+
+const (
+	logCacheSize     = 512
+	transportPool    = 3
+	transportTimeout = 5 * time.Second
+)
+
+// Node is one raft member driving an fsm.FSM. Its methods are safe for
+// concurrent use.
+type Node struct {
+	cfg   Config
+	log   *slog.Logger
+	raft  *raft.Raft
+	fsm   *fsm.FSM
+	trans raft.Transport
+	bolt  *raftboltdb.BoltStore
+
+	observer *raft.Observer
+	leaderMu sync.Mutex
+	leaderCh chan struct{} // closed and replaced on every leader change
+	done     chan struct{} // closed by Shutdown
+
+	shutdownOnce sync.Once
+	shutdownErr  error
+}
+
+// Open starts raft for f: a raft-boltdb/v2 log and stable store (behind
+// a log cache), a file snapshot store and a network transport, all under
+// cfg.DataDir/raft. With cfg.Bootstrap and no existing raft state it
+// bootstraps a single-voter cluster. It does not wait for a leader (see
+// WaitLeader). ctx bounds nothing yet but is checked.
+func Open(ctx context.Context, cfg Config, f *fsm.FSM) (*Node, error) {
+	if f == nil {
+		return nil, errors.New("cluster: open: nil FSM")
+	}
+	cfg = cfg.withDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("cluster: open: %w", err)
+	}
+	n := &Node{
+		cfg:      cfg,
+		log:      cfg.Logger.With("component", "cluster", "node", cfg.NodeID),
+		fsm:      f,
+		leaderCh: make(chan struct{}),
+		done:     make(chan struct{}),
+	}
+	if err := n.open(); err != nil {
+		n.closeStores()
+		return nil, err
+	}
+	n.watchLeader()
+	return n, nil
+}
+
+// open is Open's boot sequence: stores → transport → consistency checks →
+// bootstrap → raft.
+func (n *Node) open() error {
+	hl := newHCLog(n.cfg.Logger, "").(*hclogAdapter)
+	dir := filepath.Join(n.cfg.DataDir, "raft")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("cluster: open: %w", err)
+	}
+	bolt, err := raftboltdb.New(raftboltdb.Options{Path: filepath.Join(dir, "raft.db")})
+	if err != nil {
+		return fmt.Errorf("cluster: open raft.db: %w", err)
+	}
+	n.bolt = bolt
+	logs, err := raft.NewLogCache(logCacheSize, bolt)
+	if err != nil {
+		return fmt.Errorf("cluster: open: %w", err)
+	}
+	snaps, err := raft.NewFileSnapshotStoreWithLogger(dir, n.cfg.SnapshotRetain, hl.Named("snapshot"))
+	if err != nil {
+		return fmt.Errorf("cluster: open snapshots: %w", err)
+	}
+	if n.trans, err = n.newTransport(hl); err != nil {
+		return err
+	}
+
+	existing, err := raft.HasExistingState(logs, bolt, snaps)
+	if err != nil {
+		return fmt.Errorf("cluster: open: %w", err)
+	}
+	if !existing && n.fsm.AppliedIndex() > 0 {
+		return fmt.Errorf("%w: FSM applied index %d, raft dir %s is empty", ErrStateMismatch, n.fsm.AppliedIndex(), dir)
+	}
+	restore := n.needsRestore(snaps)
+	rc, err := n.cfg.raftConfig(hl, restore)
+	if err != nil {
+		return err
+	}
+	if n.cfg.Bootstrap && !existing {
+		conf := raft.Configuration{Servers: []raft.Server{{
+			Suffrage: raft.Voter, ID: rc.LocalID, Address: n.trans.LocalAddr(),
+		}}}
+		if err := raft.BootstrapCluster(rc, logs, bolt, snaps, n.trans, conf); err != nil {
+			return fmt.Errorf("cluster: bootstrap: %w", err)
+		}
+		n.log.Info("bootstrapped a single-voter cluster", "addr", n.trans.LocalAddr())
+	}
+	r, err := raft.NewRaft(rc, n.fsm, logs, bolt, snaps, n.trans)
+	if err != nil {
+		return fmt.Errorf("cluster: start raft: %w", err)
+	}
+	n.raft = r
+	n.log.Info("raft started", "addr", n.trans.LocalAddr(), "applied", n.fsm.AppliedIndex(), "restore_snapshot", restore)
+	return nil
+}
+
+func (n *Node) newTransport(hl *hclogAdapter) (raft.Transport, error) {
+	tl := hl.Named("transport")
+	if n.cfg.StreamLayer != nil {
+		return raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
+			Stream: n.cfg.StreamLayer, MaxPool: transportPool, Timeout: transportTimeout, Logger: tl,
+		}), nil
+	}
+	var adv net.Addr
+	if n.cfg.AdvertiseAddr != "" {
+		a, err := net.ResolveTCPAddr("tcp", n.cfg.AdvertiseAddr)
+		if err != nil {
+			return nil, fmt.Errorf("cluster: advertise address: %w", err)
+		}
+		adv = a
+	}
+	t, err := raft.NewTCPTransportWithLogger(n.cfg.BindAddr, adv, transportPool, transportTimeout, tl)
+	if err != nil {
+		return nil, fmt.Errorf("cluster: transport: %w", err)
+	}
+	return t, nil
+}
+
+// needsRestore reports whether raft must restore its latest snapshot on
+// start: only when the FSM's persistent state is older than it (a wiped or
+// discarded badger directory). Otherwise the FSM already holds everything
+// the snapshot does and raft only replays the log after it, which the FSM
+// skips up to its applied index.
+func (n *Node) needsRestore(snaps *raft.FileSnapshotStore) bool {
+	list, err := snaps.List()
+	if err != nil || len(list) == 0 {
+		return false
+	}
+	_, rc, err := snaps.Open(list[0].ID)
+	if err != nil {
+		n.log.Warn("cannot read the latest snapshot; restoring on start", "id", list[0].ID, "error", err)
+		return true
+	}
+	defer rc.Close()
+	hdr, err := fsm.ReadSnapshotHeader(rc)
+	if err != nil {
+		n.log.Warn("cannot read the latest snapshot; restoring on start", "id", list[0].ID, "error", err)
+		return true
+	}
+	if applied := n.fsm.AppliedIndex(); applied < hdr.Index {
+		n.log.Warn("FSM is older than the latest snapshot; restoring it", "applied", applied, "snapshot_index", hdr.Index)
+		return true
+	}
+	return false
+}
+
+// watchLeader turns raft's leader observations into wake-ups for
+// WaitLeader.
+func (n *Node) watchLeader() {
+	ch := make(chan raft.Observation, 16)
+	n.observer = raft.NewObserver(ch, false, func(o *raft.Observation) bool {
+		_, ok := o.Data.(raft.LeaderObservation)
+		return ok
+	})
+	n.raft.RegisterObserver(n.observer)
+	go func() {
+		for {
+			select {
+			case <-ch:
+				n.leaderMu.Lock()
+				close(n.leaderCh)
+				n.leaderCh = make(chan struct{})
+				n.leaderMu.Unlock()
+			case <-n.done:
+				return
+			}
+		}
+	}()
+}
+
+func (n *Node) leaderChanged() <-chan struct{} {
+	n.leaderMu.Lock()
+	defer n.leaderMu.Unlock()
+	return n.leaderCh
+}
+
+// Shutdown stops raft, then closes the transport and the bolt store. It
+// is idempotent; the FSM's storage is the caller's to close afterwards.
+func (n *Node) Shutdown() error {
+	n.shutdownOnce.Do(func() {
+		var errs []error
+		if err := n.raft.Shutdown().Error(); err != nil {
+			errs = append(errs, fmt.Errorf("raft: %w", err))
+		}
+		n.raft.DeregisterObserver(n.observer)
+		close(n.done)
+		errs = append(errs, n.closeStores())
+		n.shutdownErr = errors.Join(errs...)
+		if n.shutdownErr != nil {
+			n.shutdownErr = fmt.Errorf("cluster: shutdown: %w", n.shutdownErr)
+		}
+		n.log.Info("raft stopped")
+	})
+	return n.shutdownErr
+}
+
+func (n *Node) closeStores() error {
+	var errs []error
+	if c, ok := n.trans.(interface{ Close() error }); ok {
+		if err := c.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("transport: %w", err))
+		}
+	}
+	if n.bolt != nil {
+		if err := n.bolt.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("raft.db: %w", err))
+		}
+	}
+	return errors.Join(errs...)
+}
