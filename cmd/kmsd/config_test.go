@@ -65,7 +65,9 @@ cache:
   expiry: {any: 1m, unused: 10s, offline: 0s}
 log: {error: "WARN", audit: "on"}
 api:
-  /v1/status: {skip_auth: true, timeout: ${TEST_KMSD_TIMEOUT}}
+  /v1/status:
+    skip_auth: true
+    timeout: ${TEST_KMSD_TIMEOUT}
 policy:
   my-app:
     allow: [/v1/key/generate/my-app*]
