@@ -50,11 +50,13 @@ var (
 )
 
 // apiError is a response chosen by the API: its status and message are
-// sent as they are. cause, if any, is only for errors.Is and logs.
+// sent as they are. cause, if any, is only for errors.Is and logs; logIt
+// logs the error at ERROR although it is the client's.
 type apiError struct {
 	status  int
 	message string
 	cause   error
+	logIt   bool
 }
 
 func newError(status int, message string) *apiError {
@@ -106,7 +108,7 @@ func fail502(message string, err error) error {
 // expected, which must be logged in full.
 func resolve(err error) (status int, message string, logIt bool) {
 	if ae, ok := errors.AsType[*apiError](err); ok {
-		return ae.status, ae.message, false
+		return ae.status, ae.message, ae.logIt
 	}
 	for _, row := range errorTable {
 		if errors.Is(err, row.err) {

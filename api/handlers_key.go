@@ -191,12 +191,16 @@ func (s *Server) settled(ctx context.Context, check func() (done, conclusive boo
 	return done
 }
 
-// describeKey: GET /v1/key/describe/{name}. It reads only the record, so
-// it works on a sealed node too.
+// describeKey: GET /v1/key/describe/{name}. It reads only the record, but
+// a sealed node answers 503 like every key route, matching its status
+// (key store unreachable), so clients move to a node that can serve.
 func (s *Server) describeKey(req *request) error {
 	name := req.resource
 	if !validName(name) {
 		return invalidName("key name", name)
+	}
+	if _, err := s.keyring(); err != nil {
+		return err
 	}
 	rec, err := s.lookup(req.ctx, name)
 	if err != nil {
@@ -220,11 +224,14 @@ const (
 
 // listKeys: GET /v1/key/list/{pattern}. One trailing '*' is stripped and
 // the rest is a prefix (KES Q1); normally all matches in one response with
-// continue_at omitted (Q9). Works on a sealed node too.
+// continue_at omitted (Q9). 503 on a sealed node, as describe.
 func (s *Server) listKeys(req *request) error {
 	pattern := req.resource
 	if !validPattern(pattern) {
 		return invalidPattern(pattern)
+	}
+	if _, err := s.keyring(); err != nil {
+		return err
 	}
 	names, err := s.deps.Store.ListKeys(listPrefix(pattern))
 	if err != nil {

@@ -48,11 +48,14 @@ func readBody(req *request) ([]byte, error) {
 
 // decodeBody reads and decodes a JSON request body into v. An empty body
 // decodes to v unchanged if emptyOK, and fails otherwise. Every failure
-// is bad (a 400 the caller picks). The raw body is zeroed.
+// is bad (a 400 the caller picks). Read and decode failures are logged at
+// ERROR, as KES does (spec §9.3), so they show on /v1/log/error; the
+// decoder's messages quote at most one byte of the body. The raw body is
+// zeroed.
 func decodeBody(req *request, v any, emptyOK bool, bad *apiError) error {
 	b, err := readBody(req)
 	if err != nil {
-		return &apiError{status: bad.status, message: bad.message, cause: err}
+		return &apiError{status: bad.status, message: bad.message, cause: err, logIt: true}
 	}
 	defer clear(b)
 	if len(bytes.TrimSpace(b)) == 0 {
@@ -62,7 +65,7 @@ func decodeBody(req *request, v any, emptyOK bool, bad *apiError) error {
 		return bad
 	}
 	if err := json.Unmarshal(b, v); err != nil {
-		return &apiError{status: bad.status, message: bad.message, cause: err}
+		return &apiError{status: bad.status, message: bad.message, cause: err, logIt: true}
 	}
 	return nil
 }

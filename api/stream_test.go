@@ -129,6 +129,13 @@ func TestErrorStream(t *testing.T) {
 			t.Errorf("event lacks %q: %s", want, line)
 		}
 	}
+	// A bad request body is logged too, as KES does (spec §9.3).
+	e.fc.set(func(f *fakeCluster) { f.getErr = nil })
+	e.do(e.client(&e.admin, false), "PUT", "/v1/key/generate/k", `{bad json`).expectError(t, "bad json", 400, "invalid request body")
+	line = readLine(t, lines)
+	if !strings.Contains(line, `api: invalid request body`) || !strings.Contains(line, `invalid character 'b'`) {
+		t.Errorf("bad body event: %s", line)
+	}
 	if !strings.Contains(e.logs.String(), "something broke") || !strings.Contains(e.logs.String(), "not an error") {
 		t.Error("the wrapped handler did not get the records")
 	}
