@@ -277,6 +277,10 @@ func (s *Server) deleteKey(req *request) error {
 	if err != nil {
 		return fail502("failed to delete key", err)
 	}
+	// Read-your-writes for deletes (KES Q12): a lookup finds stale local
+	// records without asking the leader, so wait until this replica has
+	// applied the delete. Best effort: the delete itself is committed.
+	_ = s.deps.Cluster.ReadBarrier(req.ctx)
 	if s.deps.Cache != nil {
 		s.deps.Cache.Invalidate(name)
 	}

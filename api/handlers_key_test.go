@@ -152,7 +152,11 @@ func TestDescribeListDelete(t *testing.T) {
 		t.Errorf("10000 names: %d bytes", n)
 	}
 
+	n := e.fc.barrierCount()
 	e.do(c, "DELETE", "/v1/key/delete/abc", nil).expectEmpty(t, "delete")
+	if e.fc.barrierCount() != n+1 {
+		t.Error("delete did not wait for the local replica")
+	}
 	e.do(c, "DELETE", "/v1/key/delete/abc", nil).expectError(t, "delete again", 404, msgKeyNotFound)
 	e.do(c, "GET", "/v1/key/describe/abc", nil).expectError(t, "describe deleted", 404, msgKeyNotFound)
 
