@@ -29,7 +29,7 @@ func testLogger() *slog.Logger {
 }
 
 // testContext is bounded by the test's deadline (and at most d).
-func testContext(t *testing.T, d time.Duration) context.Context {
+func testContext(t testing.TB, d time.Duration) context.Context {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	t.Cleanup(cancel)
@@ -39,7 +39,7 @@ func testContext(t *testing.T, d time.Duration) context.Context {
 // testNode is a Node with its storage and FSM, restartable on the same
 // directories and address.
 type testNode struct {
-	t       *testing.T
+	t       testing.TB
 	id      string
 	dir     string
 	addr    string
@@ -52,7 +52,7 @@ type testNode struct {
 	tune    func(*Config)
 }
 
-func newTestNode(t *testing.T, id string, bootstrap bool, tune func(*Config)) *testNode {
+func newTestNode(t testing.TB, id string, bootstrap bool, tune func(*Config)) *testNode {
 	t.Helper()
 	tn := &testNode{t: t, id: id, dir: t.TempDir(), addr: "127.0.0.1:0", tune: tune}
 	tn.start(bootstrap)
@@ -136,7 +136,7 @@ func key(name string, id byte) fsm.Key {
 	}
 }
 
-func mustApply(t *testing.T, n *Node, cmd fsm.Command, want fsm.Code) fsm.Result {
+func mustApply(t testing.TB, n *Node, cmd fsm.Command, want fsm.Code) fsm.Result {
 	t.Helper()
 	res, err := n.Apply(testContext(t, 10*time.Second), cmd)
 	if err != nil {
