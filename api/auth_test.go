@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"math/big"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"strings"
 	"testing"
@@ -264,4 +265,24 @@ func selfSignedCA(t *testing.T) []byte {
 		t.Fatal(err)
 	}
 	return der
+}
+
+// Without TLS state every authenticated route is a 400; /version answers.
+func TestInsecureConnection(t *testing.T) {
+	e := newEnv(t)
+	for _, tc := range []struct {
+		path string
+		code int
+		body string
+	}{
+		{"/v1/status", 400, `{"message":"insecure connection: TLS is required"}`},
+		{"/v1/identity/self/describe", 400, `{"message":"insecure connection: TLS is required"}`},
+		{"/version", 200, `{"version":"v-test","commit":"c-test"}` + "\n"},
+	} {
+		rec := httptest.NewRecorder()
+		e.srv.Handler().ServeHTTP(rec, httptest.NewRequest("GET", tc.path, nil))
+		if rec.Code != tc.code || rec.Body.String() != tc.body {
+			t.Errorf("%s: %d %s", tc.path, rec.Code, rec.Body.String())
+		}
+	}
 }
