@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"testing"
+
+	"github.com/hashicorp/raft"
 )
 
 func populate(t *testing.T, f *testFSM) {
@@ -151,5 +153,63 @@ func TestSnapshotBadRecordRejected(t *testing.T) {
 	}
 	if dst.AppliedIndex() != 0 {
 		t.Fatal("state touched")
+	}
+}
+
+type failSink struct{ memSink }
+
+func (s *failSink) Write(p []byte) (int, error) { return 0, errors.New("disk full") }
+
+func TestPersistFailureCancels(t *testing.T) {
+	f := newTestFSM(t, "")
+	populate(t, f)
+	snap, err := f.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer snap.Release()
+	var sink failSink
+	if err := snap.Persist(&sink); err == nil || !sink.cancelled || sink.closed {
+		t.Fatalf("Persist = %v cancelled=%v closed=%v", err, sink.cancelled, sink.closed)
+	}
+	if err := f.db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.Snapshot(); err == nil {
+		t.Fatal("Snapshot on a closed store succeeded")
+	}
+}
+
+// TestPersistConcurrentWithApply runs Persist while Apply keeps writing
+// (race detector food) and checks the stream is the state at Snapshot().
+func TestPersistConcurrentWithApply(t *testing.T) {
+	f := newTestFSM(t, "")
+	for i := range 200 {
+		f.apply(t, uint64(i+1), &CreateKey{Key: testKey(fmt.Sprintf("p%03d", i), byte(i))})
+	}
+	snap, err := f.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer snap.Release()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := range 200 {
+			b, _ := Encode(&DeleteKey{Name: fmt.Sprintf("p%03d", i), RequestID: rid(1)})
+			f.Apply(&raft.Log{Index: uint64(201 + i), Term: 1, Type: raft.LogCommand, Data: b})
+		}
+	}()
+	var sink memSink
+	if err := snap.Persist(&sink); err != nil {
+		t.Fatal(err)
+	}
+	<-done
+	info, err := VerifySnapshot(bytes.NewReader(sink.Bytes()))
+	if err != nil || info.Keys != 200 || info.Index != 200 {
+		t.Fatalf("snapshot = %+v, %v", info, err)
+	}
+	if names, _ := f.ListKeys(""); len(names) != 0 || f.AppliedIndex() != 400 {
+		t.Fatalf("after deletes: %d keys, applied %d", len(names), f.AppliedIndex())
 	}
 }

@@ -32,11 +32,7 @@ func (db *DB) Restore(next func() (key, val []byte, ok bool, err error), index, 
 	}
 	// From here on the state is being replaced.
 	db.gen++
-	for v := range db.views {
-		v.txn.Discard()
-		v.released = true
-		delete(db.views, v)
-	}
+	db.discardViews()
 	if err := db.load(next, index, term); err != nil {
 		db.logger.Error("restore failed; state is incomplete", "error", err)
 		return fmt.Errorf("%w: %w", ErrRestoreIncomplete, err)

@@ -83,7 +83,8 @@ type DB struct {
 	closed bool
 	gen    uint64 // bumped by Restore; Views from older generations fail
 
-	views map[*View]struct{} // open snapshot views, discarded on Close
+	viewsMu sync.Mutex
+	views   map[*View]struct{} // open snapshot views, discarded on Close/Restore
 
 	stopGC context.CancelFunc
 	gcDone chan struct{}
@@ -167,11 +168,7 @@ func (db *DB) Close() error {
 		return ErrClosed
 	}
 	db.closed = true
-	for v := range db.views {
-		v.txn.Discard()
-		v.released = true
-		delete(db.views, v)
-	}
+	db.discardViews()
 	db.mu.Unlock()
 
 	db.stopGC()

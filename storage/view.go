@@ -1,6 +1,8 @@
 package storage
 
 import (
+	"sync/atomic"
+
 	"github.com/dgraph-io/badger/v4"
 )
 
@@ -13,24 +15,29 @@ type View struct {
 	db       *DB
 	txn      *badger.Txn
 	gen      uint64
-	released bool
+	released atomic.Bool
 	err      error // set when the view could not be created
 	index    uint64
 	term     uint64
 }
 
 // Snapshot returns a point-in-time view. It is cheap (it opens a badger
-// read transaction) and does not block writers. If the database is
-// closed, every method of the returned View fails with ErrClosed.
+// read transaction), does not block writers and is not blocked by
+// readers. If the database is closed, every method of the returned View
+// fails with ErrClosed.
 func (db *DB) Snapshot() *View {
-	db.mu.Lock()
-	defer db.mu.Unlock()
+	db.mu.RLock()
+	defer db.mu.RUnlock()
 	if db.closed {
-		return &View{db: db, err: ErrClosed, released: true}
+		v := &View{db: db, err: ErrClosed}
+		v.released.Store(true)
+		return v
 	}
 	v := &View{db: db, txn: db.bdb.NewTransaction(false), gen: db.gen}
 	v.index, v.term, v.err = (&txn{t: v.txn}).applied()
+	db.viewsMu.Lock()
 	db.views[v] = struct{}{}
+	db.viewsMu.Unlock()
 	return v
 }
 
@@ -56,6 +63,8 @@ func (v *View) Count() (uint64, error) {
 	return n, err
 }
 
+// scan holds the shared lock for the whole iteration, so Close and
+// Restore (exclusive) cannot discard the transaction under it.
 func (v *View) scan(values bool, fn func(key, val []byte) (bool, error)) error {
 	v.db.mu.RLock()
 	defer v.db.mu.RUnlock()
@@ -70,9 +79,7 @@ func (v *View) usable() error {
 	switch {
 	case v.err != nil:
 		return v.err
-	case v.db.closed:
-		return ErrClosed
-	case v.released:
+	case v.db.closed, v.released.Load():
 		return ErrClosed
 	case v.gen != v.db.gen:
 		return ErrViewInvalid
@@ -80,14 +87,27 @@ func (v *View) usable() error {
 	return nil
 }
 
-// Release discards the view. It is idempotent.
+// Release discards the view. It is idempotent and must not run
+// concurrently with the view's own Iterate or Count.
 func (v *View) Release() {
-	v.db.mu.Lock()
-	defer v.db.mu.Unlock()
-	if v.released {
-		return
+	if v.released.CompareAndSwap(false, true) {
+		v.db.viewsMu.Lock()
+		delete(v.db.views, v)
+		v.db.viewsMu.Unlock()
+		v.txn.Discard()
 	}
-	v.released = true
-	v.txn.Discard()
-	delete(v.db.views, v)
+}
+
+// discardViews releases every open view (Close, Restore); db.mu must be
+// held exclusively, so no view is being iterated.
+func (db *DB) discardViews() {
+	db.viewsMu.Lock()
+	open := make([]*View, 0, len(db.views))
+	for v := range db.views {
+		open = append(open, v)
+	}
+	db.viewsMu.Unlock()
+	for _, v := range open {
+		v.Release()
+	}
 }
