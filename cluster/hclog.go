@@ -24,10 +24,12 @@ type hclogAdapter struct {
 
 var _ hclog.Logger = (*hclogAdapter)(nil)
 
-// newHCLog returns an hclog.Logger writing to l at level Info and above.
+// newHCLog returns an hclog.Logger writing to l. Initially only l's
+// handler filters (hclog Trace maps below slog Debug); SetLevel adds a
+// floor of its own.
 func newHCLog(l *slog.Logger, name string) hclog.Logger {
 	lv := new(atomic.Int32)
-	lv.Store(int32(hclog.Info))
+	lv.Store(int32(hclog.Trace))
 	return &hclogAdapter{l: l, name: name, level: lv}
 }
 
