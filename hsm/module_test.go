@@ -45,12 +45,10 @@ func TestOpenErrors(t *testing.T) {
 			ErrKeyNotFound, `no AES secret key labelled "nokey" on token "tok"`},
 		{"key twice", func(e *fakeEnv) { e.h.addKey(e.tok, "wrap"); e.h.addKey(e.tok, "wrap") },
 			nil, `3 AES secret keys are labelled "wrap"`},
-		{"key extractable", func(e *fakeEnv) { e.cfg.KeyLabel = "x"; e.h.addKey(e.tok, "x", pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, true)) },
-			nil, "is extractable"},
-		{"key AES-128", func(e *fakeEnv) { e.cfg.KeyLabel = "x"; e.h.addKey(e.tok, "x", pkcs11.NewAttribute(pkcs11.CKA_VALUE_LEN, 16)) },
-			nil, "not an AES-256 key"},
-		{"key cannot decrypt", func(e *fakeEnv) { e.cfg.KeyLabel = "x"; e.h.addKey(e.tok, "x", pkcs11.NewAttribute(pkcs11.CKA_DECRYPT, false)) },
-			nil, "cannot decrypt"},
+		{"key extractable", oddKey(pkcs11.CKA_EXTRACTABLE, true), nil, "is extractable"},
+		{"key AES-128", oddKey(pkcs11.CKA_VALUE_LEN, 16), nil, "not an AES-256 key"},
+		{"key cannot decrypt", oddKey(pkcs11.CKA_DECRYPT, false), nil, "cannot decrypt"},
+		{"key not sensitive", oddKey(pkcs11.CKA_SENSITIVE, false), nil, "is not sensitive"},
 		{"negative MaxSessions", func(e *fakeEnv) { e.cfg.MaxSessions = -1 }, nil, "MaxSessions is -1"},
 		{"initialize fails", func(e *fakeEnv) { e.h.initErr = pkcs11.Error(pkcs11.CKR_GENERAL_ERROR) },
 			nil, "C_Initialize of module"},
@@ -79,6 +77,14 @@ func TestOpenErrors(t *testing.T) {
 				t.Errorf("%d sessions left open after a failed Open", open)
 			}
 		})
+	}
+}
+
+// oddKey makes the configured key one with attribute typ set to v.
+func oddKey(typ uint, v any) func(*fakeEnv) {
+	return func(e *fakeEnv) {
+		e.cfg.KeyLabel = "odd"
+		e.h.addKey(e.tok, "odd", pkcs11.NewAttribute(typ, v))
 	}
 }
 
