@@ -57,6 +57,7 @@ type Cache struct {
 	hits, misses, loads, evictions atomic.Uint64
 
 	tickers   []ticker
+	onTick    func() // test hook, called after each expiry tick
 	stop      chan struct{}
 	done      chan struct{}
 	closeOnce sync.Once
@@ -79,9 +80,9 @@ var errLoadAborted = errors.New("seal: cache: load panicked or exited")
 
 // NewCache returns a cache and starts its expiry ticker goroutine; Close
 // stops it.
-func NewCache(cfg CacheConfig) *Cache { return newCache(cfg, realClock{}) }
+func NewCache(cfg CacheConfig) *Cache { return newCache(cfg, realClock{}, nil) }
 
-func newCache(cfg CacheConfig, clk clock) *Cache {
+func newCache(cfg CacheConfig, clk clock, onTick func()) *Cache {
 	if cfg.Any == 0 {
 		cfg.Any = DefaultCacheAny
 	}
@@ -93,6 +94,7 @@ func newCache(cfg CacheConfig, clk clock) *Cache {
 	}
 	c := &Cache{
 		max:      cfg.MaxEntries,
+		onTick:   onTick,
 		entries:  make(map[string]*cacheEntry),
 		inflight: make(map[string]*loadCall),
 		stop:     make(chan struct{}),
@@ -122,6 +124,9 @@ func (c *Cache) run(anyC, unusedC <-chan time.Time) {
 			c.evictAll()
 		case <-unusedC:
 			c.evictUnused()
+		}
+		if c.onTick != nil {
+			c.onTick()
 		}
 	}
 }

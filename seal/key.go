@@ -37,8 +37,16 @@ const (
 //
 // Formatting a Key (fmt, slog) shows only its algorithm.
 type Key struct {
+	_ noCopy
 	m *material
 }
+
+// noCopy makes go vet's copylocks check report copies of a Key: a copy
+// would outlive the original's cleanup and see its material wiped.
+type noCopy struct{}
+
+func (*noCopy) Lock()   {}
+func (*noCopy) Unlock() {}
 
 // material is the secret part of a Key. It is never printed.
 type material struct {
@@ -116,9 +124,13 @@ func newKey(alg Algorithm, secret, hmacKey []byte) *Key {
 	k := &Key{m: m}
 	// m is not reachable from k's cleanup other than through the
 	// argument, so k can be collected; m is wiped before it is freed.
-	runtime.AddCleanup(k, (*material).zero, m)
+	runtime.AddCleanup(k, materialCleanup, m)
 	return k
 }
+
+// materialCleanup runs when a Key has become unreachable. A variable so a
+// test can observe it.
+var materialCleanup = (*material).zero
 
 func randReader(r io.Reader) io.Reader {
 	if r == nil {

@@ -548,14 +548,11 @@ func TestZero(t *testing.T) {
 func TestKeyNotPrinted(t *testing.T) {
 	secret := bytes.Repeat([]byte{0xab}, 32)
 	k, _ := ImportKeyWithHMAC(AES256, secret, bytes.Repeat([]byte{0xcd}, 32))
-	type wrapper struct {
-		K   *Key
-		Val Key
-	}
+	type wrapper struct{ K *Key }
 	var out strings.Builder
 	for _, verb := range []string{"%v", "%+v", "%#v", "%s", "%x", "%X", "%q", "%d"} {
 		fmt.Fprintf(&out, verb+"\n", k)
-		fmt.Fprintf(&out, verb+"\n", wrapper{k, *k})
+		fmt.Fprintf(&out, verb+"\n", wrapper{k})
 		fmt.Fprintf(&out, verb+"\n", []*Key{k})
 	}
 	slog.New(slog.NewJSONHandler(&out, nil)).Info("k", "key", k)

@@ -1,7 +1,7 @@
 package seal
 
 // Key material encoding: the plaintext that Keyring.SealKey seals. Frozen
-// by testdata/material-v1.golden.
+// by testdata/formats-v1.json.
 //
 //	version 1:  [0x01][alg][32 secret][hasHMAC: 0x00 | 0x01][32 HMAC key, only if hasHMAC]
 //

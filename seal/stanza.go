@@ -30,7 +30,7 @@ type Stanza struct {
 	Wrapped   []byte // Sealer.Wrap(REK, AAD = u32 len || "kmsd/rek/v1" || u32 len || KeyID)
 }
 
-// Stanza encoding, version 1 (frozen by testdata/stanza-v1.hex):
+// Stanza encoding, version 1 (frozen by testdata/formats-v1.json):
 //
 //	[0x01] then KeyID, Mechanism, REKID, Wrapped, each as
 //	[u16 big-endian length][bytes]
