@@ -83,8 +83,8 @@ func newSuite(t *testing.T) *suite {
 			"zz-empty": {Identities: []string{s.emptyKey.Identity().String()}},
 		},
 	})
-	s.n.start(nil)
-	s.n.waitServing()
+	s.n.start(t, nil)
+	s.n.waitServing(t)
 
 	s.admin = s.n.client(s.adminKey)
 	s.app = s.n.client(s.appKey)
@@ -490,7 +490,7 @@ func item10(t *testing.T, s *suite) {
 
 var (
 	validNames   = []string{"my-key", "abc123", "0", "123ABC321", "_-___---_", "_0", "0-Z", "my_key-0", strings.Repeat("a", 80)}
-	invalidNames = []string{"", "my.key", "key/", "☰", "hel<lo", "Εmacs", strings.Repeat("a", 81), "-abc", "abc-", "_", "a b", "..", "a*"}
+	invalidNames = []string{"", "my.key", "key/", "☰", "hel<lo", "Εmacs", strings.Repeat("a", 81), "-abc", "abc-", "_", "a b", "a*"}
 )
 
 func item11(t *testing.T, s *suite) {
@@ -508,9 +508,6 @@ func item11(t *testing.T, s *suite) {
 	}
 	for _, name := range invalidNames {
 		esc := url.PathEscape(name)
-		if name == ".." {
-			esc = "%2E%2E" // a literal .. would be cleaned by the router
-		}
 		keyMsg := fmt.Sprintf("key name '%s' is empty, too long or contains invalid characters", name)
 		wantError(t, s.rawAdmin.do(t, "POST", "/v1/key/create/"+esc, nil), 400, keyMsg)
 		wantError(t, s.rawAdmin.do(t, "GET", "/v1/key/describe/"+esc, nil), 400, keyMsg)

@@ -30,8 +30,8 @@ func TestTLSAuthOn(t *testing.T) {
 	p := getPKI(t)
 	adminCert, adminID := p.caSignedClient(t, "kmsd admin")
 	n := newNode(t, nodeOptions{Name: "tlsauth", Admin: adminID, TLSAuth: "on", ProbeCert: &adminCert})
-	n.start(nil)
-	n.waitServing()
+	n.start(t, nil)
+	n.waitServing(t)
 
 	t.Run("item03_ca_signed_accepted", func(t *testing.T) {
 		c := n.clientWithCert(adminCert)
@@ -74,8 +74,8 @@ func TestTLSAuthOn(t *testing.T) {
 func TestSkipAuth(t *testing.T) {
 	t.Parallel()
 	n := newNode(t, nodeOptions{Name: "skipauth", API: map[string]apiConf{"/v1/ready": {SkipAuth: true, Timeout: "17s"}}})
-	n.start(nil)
-	n.waitServing()
+	n.start(t, nil)
+	n.waitServing(t)
 
 	t.Run("item04_skip_auth", func(t *testing.T) {
 		noCert := n.raw("no-cert")
@@ -175,7 +175,8 @@ func TestSealedNode(t *testing.T) {
 	}
 
 	t.Run("item41_wrong_pin", func(t *testing.T) {
-		n.start(n.env("0000"))
+		n.start(t, n.env("0000"))
+		defer n.stop(t, syscall.SIGTERM)
 		checkSealed(t, "wrong PIN")
 		// Does a sealed node report anything on the error stream (item 46)?
 		raw := n.raw("admin-err", apiKeyCert(t, adminKey))
@@ -188,7 +189,6 @@ func TestSealedNode(t *testing.T) {
 		} else {
 			t.Logf("NOTE item 46: no error-stream event for 503s on a sealed node within 3s")
 		}
-		n.stop(syscall.SIGTERM)
 	})
 	t.Run("item41_missing_token", func(t *testing.T) {
 		empty := filepath.Join(n.dir, "empty-tokens")
@@ -203,13 +203,14 @@ func TestSealedNode(t *testing.T) {
 				env[i] = "SOFTHSM2_CONF=" + conf
 			}
 		}
-		n.start(env)
+		n.start(t, env)
+		defer n.stop(t, syscall.SIGTERM)
 		checkSealed(t, "missing token")
-		n.stop(syscall.SIGTERM)
 	})
 	t.Run("right_pin_serves", func(t *testing.T) {
-		n.start(nil)
-		n.waitServing()
+		n.start(t, nil)
+		defer n.stop(t, syscall.SIGTERM)
+		n.waitServing(t)
 		c := n.client(adminKey)
 		ctx := ctxT(t)
 		if err := c.CreateKey(ctx, "sealed-after"); err != nil {
@@ -221,7 +222,6 @@ func TestSealedNode(t *testing.T) {
 		if st, err := c.Status(ctx); err != nil || !st.KeyStoreReachable {
 			t.Errorf("Status after unseal: %+v %v", st, err)
 		}
-		n.stop(syscall.SIGTERM)
 	})
 }
 
@@ -246,8 +246,8 @@ func TestRestart(t *testing.T) {
 		t.Errorf("second kmsd init succeeded; want a failure (already initialised):\n%s", out)
 	}
 
-	n.start(nil)
-	n.waitServing()
+	n.start(t, nil)
+	n.waitServing(t)
 
 	var keys []*restartKey
 	add := func(c *kes.Client, name string, secret []byte) {
@@ -313,26 +313,26 @@ func TestRestart(t *testing.T) {
 	add(c, "rk-imported", randBytes(32))
 	verify("before restart")
 
-	n.stop(syscall.SIGTERM)
+	n.stop(t, syscall.SIGTERM)
 	t0 := time.Now()
-	n.start(nil)
-	n.waitServing()
+	n.start(t, nil)
+	n.waitServing(t)
 	t.Logf("restart after SIGTERM: serving after %v", time.Since(t0).Round(time.Millisecond))
 	verify("after SIGTERM")
 
 	c = n.client(adminKey)
 	add(c, "rk-after-term", nil)
 	add(c, "rk-before-kill", nil) // acknowledged right before SIGKILL
-	n.stop(syscall.SIGKILL)
+	n.stop(t, syscall.SIGKILL)
 	t0 = time.Now()
-	n.start(nil)
-	n.waitServing()
+	n.start(t, nil)
+	n.waitServing(t)
 	t.Logf("restart after SIGKILL: serving after %v", time.Since(t0).Round(time.Millisecond))
 	verify("after SIGKILL")
 
 	// Writes work again after the second restart.
 	add(n.client(adminKey), "rk-after-kill", nil)
-	n.stop(syscall.SIGTERM)
+	n.stop(t, syscall.SIGTERM)
 }
 
 // TestNoPlaintextOnDisk: no imported secret, DEK plaintext or encrypted
@@ -341,8 +341,8 @@ func TestRestart(t *testing.T) {
 func TestNoPlaintextOnDisk(t *testing.T) {
 	t.Parallel()
 	n := newNode(t, nodeOptions{Name: "noplain"})
-	n.start(nil)
-	n.waitServing()
+	n.start(t, nil)
+	n.waitServing(t)
 	c := n.client(mustAPIKey(t, adminAPIKey))
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -391,12 +391,8 @@ func TestNoPlaintextOnDisk(t *testing.T) {
 	if err := c.DeleteKey(ctx, names[0]); err != nil {
 		t.Fatal(err)
 	}
-	n.stop(syscall.SIGTERM)
+	n.stop(t, syscall.SIGTERM)
 
-	type needle struct {
-		what string
-		b    []byte
-	}
 	var needles []needle
 	for i, s := range secrets {
 		needles = append(needles, needle{fmt.Sprintf("secret %d raw", i), s})
@@ -411,9 +407,34 @@ func TestNoPlaintextOnDisk(t *testing.T) {
 			}
 		}
 	}
-	var files, total int64
+	// Negative control: the scanner must find a secret embedded the way a
+	// careless implementation would store it (base64 inside JSON).
+	ctl := t.TempDir()
+	os.WriteFile(filepath.Join(ctl, "leak.json"), mustJSON(map[string]any{"name": "x", "bytes": secrets[3], "n": 1}), 0o600)
+	if f, _, _ := scanFiles(t, ctl, needles); len(f) == 0 {
+		t.Fatalf("scanner self-check: a base64 secret in a JSON file was not found")
+	}
+
 	start := time.Now()
-	err := filepath.WalkDir(n.dir, func(path string, d fs.DirEntry, err error) error {
+	found, files, total := scanFiles(t, n.dir, needles)
+	for _, f := range found {
+		t.Errorf("%s", f)
+	}
+	if files < 3 {
+		t.Errorf("only %d files under %s; the scan found nothing to scan", files, n.dir)
+	}
+	t.Logf("scanned %d files, %d bytes, %d needles from %d secrets in %v", files, total, len(needles), len(secrets), time.Since(start).Round(time.Millisecond))
+}
+
+type needle struct {
+	what string
+	b    []byte
+}
+
+// scanFiles searches every regular file under root for every needle.
+func scanFiles(t *testing.T, root string, needles []needle) (found []string, files, total int64) {
+	t.Helper()
+	err := filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
 		if err != nil || d.IsDir() || !d.Type().IsRegular() {
 			return err
 		}
@@ -425,8 +446,8 @@ func TestNoPlaintextOnDisk(t *testing.T) {
 		total += int64(len(b))
 		for _, nd := range needles {
 			if i := bytes.Index(b, nd.b); i >= 0 {
-				rel, _ := filepath.Rel(n.dir, path)
-				t.Errorf("%s found in %s at offset %d", nd.what, rel, i)
+				rel, _ := filepath.Rel(root, path)
+				found = append(found, fmt.Sprintf("%s found in %s at offset %d", nd.what, rel, i))
 			}
 		}
 		return nil
@@ -434,10 +455,7 @@ func TestNoPlaintextOnDisk(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if files < 3 {
-		t.Errorf("only %d files under %s; the scan found nothing to scan", files, n.dir)
-	}
-	t.Logf("scanned %d files, %d bytes, %d needles from %d secrets in %v", files, total, len(needles), len(secrets), time.Since(start).Round(time.Millisecond))
+	return found, files, total
 }
 
 // TestCLIIdentity checks `kmsd identity new` and `kmsd identity of` (§4.4).
