@@ -141,14 +141,14 @@ func randReader(r io.Reader) io.Reader {
 
 // Algorithm returns the key's algorithm, or 0 after Zero.
 func (k *Key) Algorithm() Algorithm {
-	a := k.m.alg
+	a := k.mat().alg
 	runtime.KeepAlive(k)
 	return a
 }
 
 // HasHMAC reports whether the key has an HMAC key.
 func (k *Key) HasHMAC() bool {
-	h := k.m.hasHMAC
+	h := k.mat().hasHMAC
 	runtime.KeepAlive(k)
 	return h
 }
@@ -161,7 +161,7 @@ func (k *Key) Encrypt(rand io.Reader, plaintext, aad []byte) ([]byte, error) {
 	if _, err := io.ReadFull(randReader(rand), out[len(plaintext)+tagSize:]); err != nil {
 		return nil, fmt.Errorf("seal: encrypt: %w", err)
 	}
-	err := k.m.seal(out, plaintext, aad)
+	err := k.mat().seal(out, plaintext, aad)
 	runtime.KeepAlive(k)
 	if err != nil {
 		return nil, err
@@ -181,7 +181,7 @@ func (k *Key) GenerateDEK(rand io.Reader, aad []byte) (plaintext, ciphertext []b
 		return nil, nil, fmt.Errorf("seal: generate: %w", err)
 	}
 	ciphertext, plaintext = buf[:ctLen:ctLen], buf[ctLen:]
-	err = k.m.seal(ciphertext, plaintext, aad)
+	err = k.mat().seal(ciphertext, plaintext, aad)
 	runtime.KeepAlive(k)
 	if err != nil {
 		clear(buf)
@@ -199,14 +199,14 @@ func (k *Key) Decrypt(ciphertext, aad []byte) ([]byte, error) {
 	if !ok {
 		return nil, ErrDecrypt
 	}
-	p, err := k.m.open(body, iv, nonce, aad)
+	p, err := k.mat().open(body, iv, nonce, aad)
 	runtime.KeepAlive(k)
 	return p, err
 }
 
 // HMAC returns HMAC-SHA256(hmacKey, message), or ErrNoHMAC.
 func (k *Key) HMAC(message []byte) ([]byte, error) {
-	m := k.m
+	m := k.mat()
 	var sum []byte
 	var err error
 	switch {
@@ -225,9 +225,22 @@ func (k *Key) HMAC(message []byte) ([]byte, error) {
 // ErrZeroed. Zero must not run concurrently with other methods of k; a
 // Key shared through a Cache must not be zeroed by its users.
 func (k *Key) Zero() {
-	k.m.zero()
+	if k.m != nil {
+		k.m.zero()
+	}
 	runtime.KeepAlive(k)
 }
+
+// mat returns k's material; a zero Key{} behaves like a zeroed key.
+func (k *Key) mat() *material {
+	if k.m == nil {
+		return &noMaterial
+	}
+	return k.m
+}
+
+// noMaterial is the material of a zero Key{}. It is never written.
+var noMaterial material
 
 // String returns "seal.Key(ALG)"; it never shows key material.
 func (k *Key) String() string {

@@ -542,6 +542,15 @@ func TestZero(t *testing.T) {
 		}
 		k.Zero() // idempotent
 	}
+	// A zero Key{} behaves like a zeroed key instead of panicking.
+	var z Key
+	if _, err := z.Encrypt(nil, nil, nil); !errors.Is(err, ErrZeroed) {
+		t.Errorf("zero Key Encrypt: %v", err)
+	}
+	if _, err := z.HMAC(nil); !errors.Is(err, ErrZeroed) || z.String() != "seal.Key(zeroed)" {
+		t.Errorf("zero Key HMAC: %v, %v", err, &z)
+	}
+	z.Zero()
 }
 
 // TestKeyNotPrinted: no fmt verb or slog handler shows key material.

@@ -178,7 +178,7 @@ func (kr *Keyring) sealKey(name string, version uint32, k *Key, r io.Reader) ([]
 	}
 	var buf [materialLenMAC]byte
 	defer clear(buf[:])
-	pt, err := k.m.appendBinary(buf[:0])
+	pt, err := k.mat().appendBinary(buf[:0])
 	runtime.KeepAlive(k)
 	if err != nil {
 		return nil, err
