@@ -570,3 +570,22 @@ func BenchmarkCacheHit(b *testing.B) {
 		}
 	})
 }
+
+// TestNewCacheRealClock: the exported constructor with real tickers starts
+// and stops cleanly (no timing is asserted).
+func TestNewCacheRealClock(t *testing.T) {
+	c := NewCache(CacheConfig{Any: time.Hour, Unused: time.Hour})
+	var l loader
+	if _, err := c.Get(context.Background(), "k", l.load("k")); err != nil {
+		t.Fatal(err)
+	}
+	if s := c.Stats(); s.Entries != 1 {
+		t.Fatalf("stats %+v", s)
+	}
+	c.Close()
+	select {
+	case <-c.done:
+	default:
+		t.Fatal("ticker goroutine still running after Close")
+	}
+}
