@@ -122,3 +122,25 @@ func TestChildProcessSeesToken(t *testing.T) {
 		t.Fatalf("child saw KeyID %q, parent %q", got, want)
 	}
 }
+
+// TestParallelTests is how other packages use the helper: parallel tests,
+// each with its own token (some with the same label), opening and using
+// keys while other tokens are being created and removed.
+func TestParallelTests(t *testing.T) {
+	for i := range 8 {
+		t.Run(fmt.Sprint(i), func(t *testing.T) {
+			t.Parallel()
+			tok := softhsmtest.New(t, fmt.Sprint("par-", i%3))
+			m := tok.Open(t)
+			for range 20 {
+				ct, err := m.Wrap(context.Background(), []byte("rek"), nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if _, err := m.Unwrap(context.Background(), ct, nil); err != nil {
+					t.Fatal(err)
+				}
+			}
+		})
+	}
+}
