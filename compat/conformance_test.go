@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"runtime"
@@ -217,6 +218,25 @@ func item01(t *testing.T, s *suite) {
 	}
 }
 
+// tlsNoCertProbe connects without a client certificate, completes the
+// handshake and reads; it returns the first error.
+func tlsNoCertProbe(addr string, version uint16) error {
+	d := &net.Dialer{Timeout: 5 * time.Second}
+	conn, err := tls.DialWithDialer(d, "tcp", addr, &tls.Config{
+		MinVersion: version, MaxVersion: version, RootCAs: thePKI.pool, NextProtos: []string{"http/1.1"},
+	})
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := conn.Write([]byte("GET /version HTTP/1.1\r\nHost: x\r\n\r\n")); err != nil {
+		return err
+	}
+	_, err = conn.Read(make([]byte, 1))
+	return err
+}
+
 func alpn(r *rawResp) string {
 	if r.TLS == nil {
 		return "<no TLS>"
@@ -226,11 +246,20 @@ func alpn(r *rawResp) string {
 
 func item02(t *testing.T, s *suite) {
 	for _, p := range []string{"/version", "/v1/status", "/v1/identity/self/describe"} {
-		r, err := s.rawNoCert.try("GET", p, nil)
-		if err == nil {
+		if r, err := s.rawNoCert.try("GET", p, nil); err == nil {
 			t.Errorf("GET %s without a client certificate: got %d %q, want a TLS handshake failure", p, r.Status, trunc(r.Body))
-		} else if !strings.Contains(err.Error(), "certificate required") {
-			t.Logf("NOTE GET %s without a certificate failed with %q (KES: \"tls: certificate required\")", p, err)
+		}
+	}
+	// At the TLS layer: the handshake (or, with TLS 1.3, the first read) fails
+	// with a TLS alert.
+	for _, v := range []uint16{tls.VersionTLS12, tls.VersionTLS13} {
+		err := tlsNoCertProbe(s.n.addr, v)
+		if err == nil {
+			t.Errorf("TLS %x handshake without a client certificate succeeded", v)
+		} else if !strings.Contains(err.Error(), "tls:") {
+			t.Errorf("TLS %x without a client certificate: %v, want a TLS alert", v, err)
+		} else {
+			t.Logf("TLS %x without a client certificate: %v", v, err)
 		}
 	}
 	// A self-signed Ed25519 API-key certificate (no chain) is accepted.
@@ -422,8 +451,10 @@ func item09(t *testing.T, s *suite) {
 		}
 		if r.Status != 400 {
 			t.Errorf("POST %s with a %d-byte body: status %d %q, want 400 (limit is 1,000,000 bytes)", tc.path, len(b), r.Status, trunc(r.Body))
+		} else if strings.HasPrefix(tc.path, "/v1/key/import/") {
+			wantError(t, r, 400, "invalid import key request body")
 		} else {
-			wantError(t, r, 400, "")
+			wantError(t, r, 400, "invalid request body")
 		}
 	}
 	// Exactly 1,000,000 bytes is still allowed.
@@ -468,6 +499,11 @@ func item10(t *testing.T, s *suite) {
 		if _, err := base64.StdEncoding.DecodeString(val); err != nil {
 			t.Errorf("%s %q is not standard base64: %v", k, val, err)
 		}
+	}
+	// Content-Type is not checked on requests.
+	for _, ct := range []string{"text/plain", "application/octet-stream", "application/x-www-form-urlencoded"} {
+		r := s.rawAdmin.do(t, "POST", "/v1/key/generate/"+presetKey, []byte(`{"context":"aGk="}`), "Content-Type", ct)
+		wantStatus(t, r, 200)
 	}
 	// Unknown fields are ignored on every body-carrying route.
 	wantEmpty200(t, s.rawAdmin.do(t, "POST", "/v1/key/import/m10-imp", []byte(`{"key":"`+base64.StdEncoding.EncodeToString(randBytes(32))+`","cipher":"AES256","bytes":"x","created_by":"me"}`)))

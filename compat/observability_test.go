@@ -171,6 +171,25 @@ func streamEvents[E any](ctx context.Context, next func() bool, event func() E) 
 	return ch
 }
 
+// stopStream ends a stream read by streamEvents: it cancels the request,
+// waits (bounded) until the reader goroutine is done, then closes the stream
+// (kms-go streams must not be closed concurrently with Next).
+func stopStream[E any](cancel context.CancelFunc, ch <-chan E, closeFn func() error) {
+	cancel()
+	timeout := time.After(5 * time.Second)
+	for {
+		select {
+		case _, ok := <-ch:
+			if !ok {
+				closeFn()
+				return
+			}
+		case <-timeout:
+			return
+		}
+	}
+}
+
 func item45(t *testing.T, s *suite) {
 	resp, cancel, err := s.rawAdmin.stream("/v1/log/audit", 3*time.Second)
 	if err != nil {
@@ -217,8 +236,8 @@ func item45(t *testing.T, s *suite) {
 		}
 		st = o.st
 	}
-	defer st.Close()
 	events := streamEvents(ctx, st.Next, st.Event)
+	defer stopStream(cancelAll, events, st.Close)
 	timeout := time.After(10 * time.Second)
 	for seen := 0; seen < 1000; seen++ {
 		select {
@@ -339,8 +358,8 @@ func item46(t *testing.T, s *suite) {
 	if err != nil {
 		t.Fatalf("kes ErrorLog: %v", err)
 	}
-	defer st.Close()
 	events := streamEvents(ctx, st.Next, st.Event)
+	defer stopStream(cancel, events, st.Close)
 	errorTriggers(t, s.rawAdmin)
 	select {
 	case e, ok := <-events:
