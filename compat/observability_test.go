@@ -87,7 +87,15 @@ func item44(t *testing.T, s *suite) {
 			t.Errorf("family %s has no samples; kms-go Metrics() fails with \"server response contains no metric\"", name)
 		}
 		if len(f.Metric) > 1 {
-			t.Errorf("family %s (%v) has %d samples; kms-go Metrics() fails with \"server response contains more than one metric\"", name, f.GetType(), len(f.Metric))
+			var sets []string
+			for _, m := range f.Metric {
+				var l []string
+				for _, lp := range m.Label {
+					l = append(l, lp.GetName()+"="+lp.GetValue())
+				}
+				sets = append(sets, "{"+strings.Join(l, ",")+"}")
+			}
+			t.Errorf("family %s (%v) has %d samples %v; kms-go Metrics() fails with \"server response contains more than one metric\" for any non-KES-counter family with more than one sample", name, f.GetType(), len(f.Metric), sets)
 		}
 	}
 
