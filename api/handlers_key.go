@@ -123,27 +123,66 @@ func (s *Server) importKey(req *request) error {
 
 // storeKey seals key and replicates its record under req.resource.
 func (s *Server) storeKey(req *request, kr *seal.Keyring, key *seal.Key, imported bool) error {
-	const version = 1
-	sealed, err := kr.SealKey(req.resource, version, key)
+	rec, err := s.newRecord(kr, req.resource, req.identity, key, imported)
 	if err != nil {
-		return fail500("failed to create key", err)
-	}
-	rec := fsm.Key{
-		Name:      req.resource,
-		Algorithm: uint8(key.Algorithm()),
-		Version:   version,
-		Sealed:    sealed,
-		CreatedAt: s.deps.Now().UTC(),
-		CreatedBy: req.identity,
-		Imported:  imported,
-	}
-	if _, err := io.ReadFull(s.deps.Rand, rec.RequestID[:]); err != nil {
 		return fail500("failed to create key", err)
 	}
 	if err := s.applyCreate(req.ctx, rec); err != nil {
 		return fail502("failed to create key", err)
 	}
 	return writeEmpty(req.w)
+}
+
+// newRecord seals key under the REK and builds its replicated record,
+// stamped here, on the proposing node (Apply stays deterministic).
+func (s *Server) newRecord(kr *seal.Keyring, name, createdBy string, key *seal.Key, imported bool) (fsm.Key, error) {
+	const version = 1
+	sealed, err := kr.SealKey(name, version, key)
+	if err != nil {
+		return fsm.Key{}, err
+	}
+	rec := fsm.Key{
+		Name:      name,
+		Algorithm: uint8(key.Algorithm()),
+		Version:   version,
+		Sealed:    sealed,
+		CreatedAt: s.deps.Now().UTC(),
+		CreatedBy: createdBy,
+		Imported:  imported,
+	}
+	if _, err := io.ReadFull(s.deps.Rand, rec.RequestID[:]); err != nil {
+		return fsm.Key{}, err
+	}
+	return rec, nil
+}
+
+// EnsureKey creates the key name, recorded as created by createdBy,
+// unless it already exists. It serves the config's pre-defined keys
+// (`keys:`) through the same path as /v1/key/create.
+func (s *Server) EnsureKey(ctx context.Context, name, createdBy string) error {
+	if !validName(name) {
+		return fmt.Errorf("api: pre-defined key %q: invalid name", name)
+	}
+	if _, err := s.deps.Store.GetKey(name); err == nil {
+		return nil
+	}
+	kr, err := s.keyring()
+	if err != nil {
+		return err
+	}
+	key, err := seal.NewKey(defaultAlgorithm(), s.deps.Rand)
+	if err != nil {
+		return err
+	}
+	defer key.Zero()
+	rec, err := s.newRecord(kr, name, createdBy, key, false)
+	if err != nil {
+		return err
+	}
+	if err := s.applyCreate(ctx, rec); err != nil && !errors.Is(err, fsm.ErrKeyExists) {
+		return fmt.Errorf("api: pre-defined key %q: %w", name, err)
+	}
+	return nil
 }
 
 // applyCreate commits a CreateKey. An ambiguous outcome (or "exists",

@@ -186,7 +186,20 @@ func TestMetrics(t *testing.T) {
 	if h.GetSampleCount() != counted || !slices.Equal(bounds, []float64{0.01, 0.05, 0.1, 0.25, 0.5, 1, 1.5, 3, 5, 10}) {
 		t.Errorf("histogram: count %d, buckets %v", h.GetSampleCount(), bounds)
 	}
-	if fams["kmsd_api_log_dropped_events_total"] == nil {
-		t.Error("kmsd_api_log_dropped_events_total missing")
+	for _, name := range []string{"kmsd_api_log_audit_dropped_events_total", "kmsd_api_log_error_dropped_events_total"} {
+		if fams[name] == nil {
+			t.Errorf("%s missing", name)
+		}
+	}
+	// kms-go's Metrics() rejects a family other than the request counters
+	// with more than one sample (compat found kmsd_* families that did).
+	for name, f := range fams {
+		switch name {
+		case "kes_http_request_success", "kes_http_request_error", "kes_http_request_failure":
+			continue
+		}
+		if n := len(f.GetMetric()); n != 1 {
+			t.Errorf("family %s has %d samples; kms-go needs exactly one", name, n)
+		}
 	}
 }

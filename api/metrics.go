@@ -47,11 +47,12 @@ func newMetrics(reg *prometheus.Registry, s *Server) (*metrics, error) {
 			Name: "kes_log_error_events", Help: "Number of error events written to /v1/log/error subscribers.",
 		}),
 	}
+	// One family per stream, without labels: kms-go's Metrics() rejects
+	// any family other than the request counters with more than one sample.
 	dropped := func(stream string, b *broadcaster) prometheus.Collector {
 		return prometheus.NewCounterFunc(prometheus.CounterOpts{
-			Name:        "kmsd_api_log_dropped_events_total",
-			Help:        "Events not delivered to a log stream subscriber that fell behind.",
-			ConstLabels: prometheus.Labels{"stream": stream},
+			Name: "kmsd_api_log_" + stream + "_dropped_events_total",
+			Help: "Events not delivered to a " + stream + " stream subscriber that fell behind.",
 		}, func() float64 { return float64(b.dropped.Load()) })
 	}
 	for _, c := range []prometheus.Collector{

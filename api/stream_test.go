@@ -219,7 +219,7 @@ func TestBlockedSubscriber(t *testing.T) {
 	if dropped := e.srv.audit.dropped.Load(); dropped < uint64(n-subscriberBuffer-1) {
 		t.Errorf("dropped %d events, want at least %d", dropped, n-subscriberBuffer-1)
 	}
-	if r := e.do(e.client(&e.admin, false), "GET", "/v1/metrics", nil); !strings.Contains(r.body, `kmsd_api_log_dropped_events_total{stream="audit"}`) {
+	if r := e.do(e.client(&e.admin, false), "GET", "/v1/metrics", nil); !strings.Contains(r.body, "kmsd_api_log_audit_dropped_events_total ") {
 		t.Error("drop counter not exported")
 	}
 	close(sw.release)

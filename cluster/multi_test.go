@@ -144,9 +144,10 @@ func TestThreeNodes(t *testing.T) {
 		}
 	}
 	checks := map[string]float64{
-		"kmsd_raft_state{Leader}":     1,
-		"kmsd_raft_state{Follower}":   0,
-		"kmsd_raft_members{Voter}":    2,
+		"kmsd_raft_state":             2, // leader
+		"kmsd_raft_leader":            1,
+		"kmsd_raft_members":           2,
+		"kmsd_raft_voters":            2,
 		"kmsd_raft_failure_tolerance": 0,
 		"kmsd_raft_applied_index":     float64(leader.fsm.AppliedIndex()),
 	}

@@ -38,17 +38,24 @@ ensure_softhsm() {
 build() {
 	log "building kmsd"
 	mkdir -p "$DEV/bin"
-	(cd "$ROOT" && go build -o "$BIN" ./cmd/kmsd)
+	local version commit
+	version="$(git -C "$ROOT" describe --tags --always --dirty 2>/dev/null || echo dev)"
+	commit="$(git -C "$ROOT" rev-parse HEAD 2>/dev/null || true)"
+	(cd "$ROOT" && go build -ldflags "-X main.version=$version -X main.commit=$commit" -o "$BIN" ./cmd/kmsd)
 }
 
 ensure_token() {
 	local dir="$DEV/$NODE/hsm"
 	mkdir -p "$dir"
 	chmod 700 "$DEV/$NODE" "$dir"
-	if [[ ! -s "$dir/pin" ]]; then
-		(umask 077; head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$dir/pin")
-	fi
-	KMSD_HSM_PIN="$(cat "$dir/pin")" "$ROOT/scripts/softhsm-init.sh" "$dir" "$TOKEN_LABEL" "$KEY_LABEL" >/dev/null
+	local f
+	for f in pin so-pin; do
+		if [[ ! -s "$dir/$f" ]]; then
+			(umask 077; head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$dir/$f")
+		fi
+	done
+	KMSD_HSM_PIN="$(cat "$dir/pin")" KMSD_HSM_SO_PIN="$(cat "$dir/so-pin")" \
+		"$ROOT/scripts/softhsm-init.sh" "$dir" "$TOKEN_LABEL" "$KEY_LABEL" >/dev/null
 }
 
 ensure_certs() {

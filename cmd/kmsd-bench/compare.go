@@ -206,7 +206,7 @@ func cmdCompare(args []string) error {
 
 	fmt.Println()
 	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "op\tproto\tkmsd ops/s\tp50\tp99\tbaseline ops/s\tp50\tp99\tratio\tgoal\tslice ratios\tkmsd peak RSS\tbaseline peak RSS\tkmsd CPU/op\tbaseline CPU/op\tother load\terrors k/b\t")
+	fmt.Fprintln(tw, "op\tproto\tkmsd ops/s\tp50\tp99\tbaseline ops/s\tp50\tp99\tratio\tgoal\tslice ratios\tkmsd peak RSS\tbaseline peak RSS\tkmsd CPU/op\tbaseline CPU/op\tCPU ratio\tother load\terrors k/b\t")
 	var totalErrs uint64
 	var worstOther float64
 	for _, c := range cells {
@@ -225,18 +225,19 @@ func cmdCompare(args []string) error {
 			goal = "BELOW"
 		}
 		totalErrs += k.Errors + b.Errors
-		fmt.Fprintf(tw, "%s\t%s\t%.0f\t%s\t%s\t%.0f\t%s\t%s\t%.2f\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d/%d\t\n",
+		fmt.Fprintf(tw, "%s\t%s\t%.0f\t%s\t%s\t%.0f\t%s\t%s\t%.2f\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d/%d\t\n",
 			c.op, protoName(c.proto),
 			k.opsPerSec(), fmtDur(k.p(0.5)), fmtDur(k.p(0.99)),
 			b.opsPerSec(), fmtDur(b.p(0.5)), fmtDur(b.p(0.99)),
 			ratio, goal, sliceRatios(k, b), peakRSS(k), peakRSS(b),
-			cpuPerOp(k), cpuPerOp(b), other, k.Errors, b.Errors)
+			cpuPerOp(k), cpuPerOp(b), cpuRatio(k, b), other, k.Errors, b.Errors)
 	}
 	tw.Flush()
 	fmt.Printf("\nratio = kmsd ops/s / baseline ops/s; goal >= %.2f for generate and decrypt (decrypt is a key-cache hit).\n", goalRatio)
 	fmt.Println("slice ratio = kmsd/baseline over each pair of adjacent slices: median (lowest-highest); a wide range means a noisy machine.")
 	fmt.Println("peak RSS = VmHWM since the process started (it cannot be reset), read after each cell.")
 	fmt.Println("CPU/op = server user+system CPU time per successful request (from /proc/PID/stat).")
+	fmt.Println("CPU ratio = baseline CPU/op / kmsd CPU/op: the ratio if CPU were the only limit; steadier than ops/s on a busy machine.")
 	fmt.Println("other load = cores used by processes other than the server and kmsd-bench while measuring (approx.).")
 	if window > 0 {
 		fmt.Printf("the load generator itself used %.2f of %d cores on average while measuring.\n",
@@ -350,6 +351,14 @@ func runCell(ctx context.Context, cfgs [2]loadConfig, op string, proto, slices i
 		}
 	}
 	return res, nil
+}
+
+func cpuRatio(k, b *loadResult) string {
+	kc, bc := k.serverCPUPerOp(), b.serverCPUPerOp()
+	if kc <= 0 || bc <= 0 {
+		return "n/a"
+	}
+	return fmt.Sprintf("%.2f", float64(bc)/float64(kc))
 }
 
 func cpuPerOp(r *loadResult) string {

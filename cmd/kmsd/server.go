@@ -102,14 +102,26 @@ func (n *node) openState(ctx context.Context) error {
 		return fmt.Errorf("data_dir: %w", err)
 	}
 	var err error
-	if n.db, err = storage.Open(storage.Options{Dir: filepath.Join(cfg.DataDir, "state"), Logger: n.log}); err != nil {
+	// An interrupted restore leaves a marker; the half-replaced state is
+	// dropped and raft rebuilds it from its latest snapshot and log, so
+	// nothing acknowledged is lost (see cluster/DESIGN.md).
+	if n.db, err = storage.Open(storage.Options{
+		Dir:                   filepath.Join(cfg.DataDir, "state"),
+		Logger:                n.log,
+		DropIncompleteRestore: true,
+	}); err != nil {
 		return err
+	}
+	tmp := filepath.Join(cfg.DataDir, "tmp")
+	if err := os.MkdirAll(tmp, 0o700); err != nil {
+		return fmt.Errorf("data_dir: %w", err)
 	}
 	n.cache = seal.NewCache(seal.CacheConfig{Any: cfg.Cache.Expiry.Any, Unused: cfg.Cache.Expiry.Unused})
 	if n.fsm, err = fsm.New(n.db, fsm.Config{
 		Logger:    n.log,
 		OnDelete:  n.cache.Invalidate,
 		OnRestore: n.cache.Purge,
+		TempDir:   tmp,
 	}); err != nil {
 		return err
 	}

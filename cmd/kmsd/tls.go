@@ -35,8 +35,13 @@ func (r *tlsReloader) load(c *fileConfig) error {
 	if err != nil {
 		return fmt.Errorf("tls: %w", err)
 	}
+	// The CA pool is only handed to TLS when it verifies client
+	// certificates (tls.auth on). In the default mode KES also advertises
+	// it, which makes Go clients withhold self-signed API-key certificates
+	// that match none of the advertised CAs; kmsd does not copy that.
 	var pool *x509.CertPool
-	if c.TLS.CA != "" {
+	verifying := auth == tls.RequireAndVerifyClientCert || auth == tls.VerifyClientCertIfGiven
+	if c.TLS.CA != "" && verifying {
 		if pool, err = loadCertPool(c.TLS.CA); err != nil {
 			return err
 		}

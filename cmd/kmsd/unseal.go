@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto/rand"
 	"errors"
 	"flag"
 	"fmt"
@@ -201,6 +200,9 @@ func (n *node) afterUnseal(ctx context.Context) {
 	}
 	b, _ := st.MarshalBinary()
 	cmd := &fsm.PutStanza{KeyID: st.KeyID, REKID: st.REKID, Stanza: b}
+	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	_ = n.raft.WaitLeader(wctx) // the retries below report a lasting failure
+	cancel()
 	retry(ctx, n, "record seal stanza", func(ctx context.Context) error {
 		have, err := n.fsm.Stanzas()
 		if err != nil {
@@ -224,43 +226,10 @@ func (n *node) afterUnseal(ctx context.Context) {
 func (n *node) ensureKeys(ctx context.Context) {
 	cfg := n.cfg.Load()
 	for _, k := range cfg.Keys {
-		name := k.Name
-		retry(ctx, n, "create pre-defined key "+name, func(ctx context.Context) error {
-			if _, err := n.fsm.GetKey(name); err == nil {
-				return nil
-			}
-			err := n.createKey(ctx, name, cfg.Admin.Identity)
-			if errors.Is(err, fsm.ErrKeyExists) {
-				return nil
-			}
-			return err
+		retry(ctx, n, "create pre-defined key "+k.Name, func(ctx context.Context) error {
+			return n.api.EnsureKey(ctx, k.Name, cfg.Admin.Identity)
 		})
 	}
-}
-
-func (n *node) createKey(ctx context.Context, name, by string) error {
-	kr := n.keyring.Load()
-	if kr == nil {
-		return seal.ErrSealed
-	}
-	key, err := seal.NewKey(seal.AES256, rand.Reader)
-	if err != nil {
-		return err
-	}
-	defer key.Zero()
-	sealed, err := kr.SealKey(name, 1, key)
-	if err != nil {
-		return err
-	}
-	rec := fsm.Key{Name: name, Algorithm: uint8(seal.AES256), Version: 1, Sealed: sealed, CreatedAt: time.Now().UTC(), CreatedBy: by}
-	if _, err := rand.Read(rec.RequestID[:]); err != nil {
-		return err
-	}
-	res, err := n.raft.Apply(ctx, &fsm.CreateKey{Key: rec})
-	if err != nil {
-		return err
-	}
-	return res.Err()
 }
 
 // retry runs fn until it succeeds, ctx ends, or 10 attempts over about a
