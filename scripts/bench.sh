@@ -21,7 +21,7 @@ BENCH="$DEV/bin/kmsd-bench"
 log() { printf 'bench.sh: %s\n' "$*" >&2; }
 
 # 1. A running, ready dev node, and its KES_SERVER, KES_API_KEY, KES_CA.
-"$ROOT/scripts/dev.sh" up >&2
+"$ROOT/scripts/dev.sh" up >/dev/null # its log lines go to stderr
 # shellcheck disable=SC1091
 source "$DEV/env"
 

@@ -206,7 +206,7 @@ func cmdCompare(args []string) error {
 
 	fmt.Println()
 	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "op\tproto\tkmsd ops/s\tp50\tp99\tbaseline ops/s\tp50\tp99\tratio\tgoal\tslice ratios\tkmsd peak RSS\tbaseline peak RSS\tkmsd CPU/op\tbaseline CPU/op\tCPU ratio\tother load\terrors k/b\t")
+	fmt.Fprintln(tw, "op\tproto\tkmsd ops/s\tp50\tp99\tbaseline ops/s\tp50\tp99\tratio\tgoal\tslice ratio med (min-max)\tkmsd peak RSS\tbaseline peak RSS\tkmsd CPU/op\tbaseline CPU/op\tCPU ratio\tother load\terrors k/b\t")
 	var totalErrs uint64
 	var worstOther float64
 	for _, c := range cells {
