@@ -1,11 +1,3 @@
-// Command kmsd is the kmsd key-management server and its operator tool.
-//
-//	kmsd server --config FILE      serve the KES API
-//	kmsd init --config FILE        create the cluster root key, sealed under the HSM
-//	kmsd identity new [...]        create a KES API key (and optionally key/cert files)
-//	kmsd identity of ARG           print the identity of an API key or certificate
-//
-// main only wires: each subcommand lives in its own file.
 package main
 
 import (
