@@ -439,16 +439,21 @@ func (s *Server) lookup(ctx context.Context, name string) (fsm.Key, error) {
 
 // openKey returns the unsealed key name, from the cache if there is one.
 // release must be called when done with the key.
+//
+// A cache hit touches neither the store nor the keyring: the hot path of
+// generate/decrypt is a map read. That is safe because the cache is
+// invalidated by the FSM when a delete is applied (and purged on
+// restore), so a cached key always has a live record behind it.
 func (s *Server) openKey(ctx context.Context, name string) (key *seal.Key, release func(), err error) {
 	kr, err := s.keyring()
 	if err != nil {
 		return nil, nil, err
 	}
-	rec, err := s.lookup(ctx, name)
-	if err != nil {
-		return nil, nil, fail502("failed to read key", err)
-	}
-	load := func(context.Context) (*seal.Key, error) {
+	load := func(ctx context.Context) (*seal.Key, error) {
+		rec, err := s.lookup(ctx, name)
+		if err != nil {
+			return nil, err
+		}
 		k, err := kr.OpenKey(rec.Name, rec.Version, rec.Sealed)
 		if err != nil && !errors.Is(err, seal.ErrSealed) {
 			// A stored key that does not unseal is our failure, never the
@@ -459,15 +464,17 @@ func (s *Server) openKey(ctx context.Context, name string) (key *seal.Key, relea
 	}
 	if s.deps.Cache == nil {
 		if key, err = load(ctx); err != nil {
-			return nil, nil, err
+			return nil, nil, fail502("failed to read key", err)
 		}
 		return key, key.Zero, nil
 	}
 	if key, err = s.deps.Cache.Get(ctx, name, load); err != nil {
 		return nil, nil, fail502("failed to read key", err)
 	}
-	return key, func() {}, nil
+	return key, noRelease, nil
 }
+
+func noRelease() {}
 
 // defaultAlgorithm is the algorithm of created keys: AES256 when the CPU
 // has AES-GCM hardware, ChaCha20 otherwise (spec §6.1).
