@@ -13,7 +13,6 @@ import (
 	"maps"
 	"net/http"
 	"net/http/httptest"
-	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -411,12 +410,6 @@ func (e *env) seedSealed(name string, key *seal.Key, pending bool) {
 			f.keys[name] = rec
 		}
 	})
-}
-
-func (e *env) keyNames() []string {
-	names, _ := e.fc.ListKeys("")
-	slices.Sort(names)
-	return names
 }
 
 var errBoom = errors.New("boom: disk on fire")

@@ -231,11 +231,6 @@ func decodeApplied(b []byte) (index, term uint64, err error) {
 
 func isReserved(key []byte) bool { return len(key) == 0 || key[0] == 0x00 }
 
-// hasPrefix reports whether key is a caller key with the given prefix.
-func visible(key, prefix []byte) bool {
-	return !isReserved(key) && bytes.HasPrefix(key, prefix)
-}
-
 // removeSynced removes path and fsyncs its directory so the removal is
 // durable.
 func removeSynced(path string) error {

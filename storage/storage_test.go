@@ -366,7 +366,9 @@ func TestRestoreMarker(t *testing.T) {
 	if err := db.Close(); err != nil {
 		t.Fatal(err)
 	}
-	db = openTest(t, dir)
+	if _, _, err := openTest(t, dir).Applied(); err != nil {
+		t.Fatal(err)
+	}
 }
 
 func TestRestoreRejectsReserved(t *testing.T) {
