@@ -326,15 +326,16 @@ func (s *Server) deleteKey(req *request) error {
 	return writeEmpty(req.w)
 }
 
-// generateKey: PUT /v1/key/generate/{name} {"context":b64}. An empty body
-// means {}.
-func (s *Server) generateKey(req *request) error {
+// keyRequest is the shared prologue of the crypto routes, in the order
+// of spec §1.2: validate the name, parse the body into T (an empty body
+// means {} when emptyOK), open the key; fn does the route's own work.
+func keyRequest[T any](s *Server, req *request, emptyOK bool, fn func(key *seal.Key, in *T) error) error {
 	name := req.resource
 	if !validName(name) {
 		return invalidName("key name", name)
 	}
-	var in generateRequest
-	if err := decodeBody(req, &in, true, errBadBody); err != nil {
+	var in T
+	if err := decodeBody(req, &in, emptyOK, errBadBody); err != nil {
 		return err
 	}
 	key, release, err := s.openKey(req.ctx, name)
@@ -342,80 +343,55 @@ func (s *Server) generateKey(req *request) error {
 		return err
 	}
 	defer release()
-	pt, ct, err := key.GenerateDEK(s.deps.Rand, in.Context)
-	if err != nil {
-		return fail500("failed to generate encryption key", err)
-	}
-	defer clear(pt)
-	return writeJSON(req.w, generateResponse{Plaintext: pt, Ciphertext: ct})
+	return fn(key, &in)
+}
+
+// generateKey: PUT /v1/key/generate/{name} {"context":b64}. An empty body
+// means {}.
+func (s *Server) generateKey(req *request) error {
+	return keyRequest(s, req, true, func(key *seal.Key, in *generateRequest) error {
+		pt, ct, err := key.GenerateDEK(s.deps.Rand, in.Context)
+		if err != nil {
+			return fail500("failed to generate encryption key", err)
+		}
+		defer clear(pt)
+		return writeJSON(req.w, generateResponse{Plaintext: pt, Ciphertext: ct})
+	})
 }
 
 // encrypt: PUT /v1/key/encrypt/{name} {"plaintext":b64,"context":b64}.
 func (s *Server) encrypt(req *request) error {
-	name := req.resource
-	if !validName(name) {
-		return invalidName("key name", name)
-	}
-	var in encryptRequest
-	if err := decodeBody(req, &in, false, errBadBody); err != nil {
-		return err
-	}
-	defer clear(in.Plaintext)
-	key, release, err := s.openKey(req.ctx, name)
-	if err != nil {
-		return err
-	}
-	defer release()
-	ct, err := key.Encrypt(s.deps.Rand, in.Plaintext, in.Context)
-	if err != nil {
-		return fail500("failed to encrypt plaintext", err)
-	}
-	return writeJSON(req.w, encryptResponse{Ciphertext: ct})
+	return keyRequest(s, req, false, func(key *seal.Key, in *encryptRequest) error {
+		defer clear(in.Plaintext)
+		ct, err := key.Encrypt(s.deps.Rand, in.Plaintext, in.Context)
+		if err != nil {
+			return fail500("failed to encrypt plaintext", err)
+		}
+		return writeJSON(req.w, encryptResponse{Ciphertext: ct})
+	})
 }
 
 // decrypt: PUT /v1/key/decrypt/{name} {"ciphertext":b64,"context":b64}.
 func (s *Server) decrypt(req *request) error {
-	name := req.resource
-	if !validName(name) {
-		return invalidName("key name", name)
-	}
-	var in decryptRequest
-	if err := decodeBody(req, &in, false, errBadBody); err != nil {
-		return err
-	}
-	key, release, err := s.openKey(req.ctx, name)
-	if err != nil {
-		return err
-	}
-	defer release()
-	pt, err := key.Decrypt(in.Ciphertext, in.Context)
-	if err != nil {
-		return fail500("failed to decrypt ciphertext", err) // seal.ErrDecrypt: 400 by the table
-	}
-	defer clear(pt)
-	return writeJSON(req.w, decryptResponse{Plaintext: pt})
+	return keyRequest(s, req, false, func(key *seal.Key, in *decryptRequest) error {
+		pt, err := key.Decrypt(in.Ciphertext, in.Context)
+		if err != nil {
+			return fail500("failed to decrypt ciphertext", err) // seal.ErrDecrypt: 400 by the table
+		}
+		defer clear(pt)
+		return writeJSON(req.w, decryptResponse{Plaintext: pt})
+	})
 }
 
 // hmac: PUT /v1/key/hmac/{name} {"message":b64}.
 func (s *Server) hmac(req *request) error {
-	name := req.resource
-	if !validName(name) {
-		return invalidName("key name", name)
-	}
-	var in hmacRequest
-	if err := decodeBody(req, &in, false, errBadBody); err != nil {
-		return err
-	}
-	key, release, err := s.openKey(req.ctx, name)
-	if err != nil {
-		return err
-	}
-	defer release()
-	sum, err := key.HMAC(in.Message)
-	if err != nil {
-		return fail500("failed to compute HMAC", err) // seal.ErrNoHMAC: 409 by the table
-	}
-	return writeJSON(req.w, hmacResponse{HMAC: sum})
+	return keyRequest(s, req, false, func(key *seal.Key, in *hmacRequest) error {
+		sum, err := key.HMAC(in.Message)
+		if err != nil {
+			return fail500("failed to compute HMAC", err) // seal.ErrNoHMAC: 409 by the table
+		}
+		return writeJSON(req.w, hmacResponse{HMAC: sum})
+	})
 }
 
 // lookup reads a key record locally. On a miss it waits for the local

@@ -20,6 +20,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/kmsd/kmsd/api"
 	"github.com/kmsd/kmsd/seal"
 )
 
@@ -99,7 +100,7 @@ func identify(r *http.Request) (string, error) {
 		if id != "" {
 			return "", errors.New("tls: received more than one client certificate")
 		}
-		id = spkiIdentity(c.RawSubjectPublicKeyInfo)
+		id = api.IdentityOf(c)
 	}
 	if id == "" {
 		return "", errors.New("tls: client certificate is required")

@@ -78,11 +78,7 @@ func cmdCompare(args []string) error {
 		}
 	}
 
-	priv, err := parseAPIKey(*apiKey)
-	if err != nil {
-		return err
-	}
-	clientCert, err := apiKeyCertificate(priv)
+	clientCert, err := clientCertificate(*apiKey)
 	if err != nil {
 		return err
 	}

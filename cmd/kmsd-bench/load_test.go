@@ -23,11 +23,7 @@ func TestLoadAgainstBaseline(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	priv, err := parseAPIKey("kes:v1:AD9E7FSYWrMD+VjhI6q545cYT9YOyFxZb7UnjEepYDRc")
-	if err != nil {
-		t.Fatal(err)
-	}
-	clientCert, err := apiKeyCertificate(priv)
+	clientCert, err := clientCertificate("kes:v1:AD9E7FSYWrMD+VjhI6q545cYT9YOyFxZb7UnjEepYDRc")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -84,8 +80,7 @@ func TestLoadReportsErrors(t *testing.T) {
 	}
 	serverCert, _ := tls.LoadX509KeyPair(certFile, keyFile)
 	pool, _ := loadCAPool(certFile)
-	priv, _ := parseAPIKey("kes:v1:AD9E7FSYWrMD+VjhI6q545cYT9YOyFxZb7UnjEepYDRc")
-	clientCert, _ := apiKeyCertificate(priv)
+	clientCert, _ := clientCertificate("kes:v1:AD9E7FSYWrMD+VjhI6q545cYT9YOyFxZb7UnjEepYDRc")
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	addr, _, err := startBaseline(ctx, "127.0.0.1:0", serverCert)

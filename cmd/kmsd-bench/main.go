@@ -110,11 +110,7 @@ func cmdLoad(args []string) error {
 	if *server == "" || *apiKey == "" {
 		return errors.New("load: --server and --api-key (or KES_SERVER and KES_API_KEY) are required")
 	}
-	priv, err := parseAPIKey(*apiKey)
-	if err != nil {
-		return err
-	}
-	cert, err := apiKeyCertificate(priv)
+	cert, err := clientCertificate(*apiKey)
 	if err != nil {
 		return err
 	}
