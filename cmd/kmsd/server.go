@@ -80,7 +80,7 @@ func runServer(ctx context.Context, args []string) error {
 		return err
 	}
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(n.raft.Collector())
+	reg.MustRegister(n.raft.Collector(), nodeCollector{n})
 	if n.api, err = api.New(n.apiConfig(cfg, errStream, reg), api.Deps{
 		Store:   n.fsm,
 		Cluster: n.raft,
