@@ -59,6 +59,12 @@ func runServer(ctx context.Context, args []string) error {
 	if *cfgPath == "" {
 		return errors.New("server: --config is required")
 	}
+	// Catch SIGHUP from the start: its default action ends the process,
+	// and an operator's reload may arrive while badger and raft open.
+	// Signals that arrive before serving are handled once it starts.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 	cfg, err := loadConfig(*cfgPath)
 	if err != nil {
 		return err
@@ -92,7 +98,7 @@ func runServer(ctx context.Context, args []string) error {
 	defer n.api.Close()
 
 	go n.unsealLoop(ctx)
-	return n.serve(ctx, cfg.Address, errStream, reg)
+	return n.serve(ctx, cfg.Address, hup, errStream, reg)
 }
 
 // openState opens badger, the FSM, the cache and raft, in that order.
@@ -161,7 +167,7 @@ func (n *node) apiConfig(cfg *fileConfig, es *api.ErrorStream, reg *prometheus.R
 }
 
 // serve runs the HTTPS listener until ctx ends, reloading on SIGHUP.
-func (n *node) serve(ctx context.Context, addr string, es *api.ErrorStream, reg *prometheus.Registry) error {
+func (n *node) serve(ctx context.Context, addr string, hup <-chan os.Signal, es *api.ErrorStream, reg *prometheus.Registry) error {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return fmt.Errorf("server: listen %s: %w", addr, err)
@@ -178,9 +184,6 @@ func (n *node) serve(ctx context.Context, addr string, es *api.ErrorStream, reg 
 	go func() { errc <- srv.ServeTLS(ln, "", "") }()
 	n.log.Info("kmsd: serving the KES API", "address", ln.Addr().String(), "node", n.cfg.Load().Cluster.NodeID)
 
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
 	for {
 		select {
 		case <-hup:
@@ -211,14 +214,15 @@ func (n *node) reload(es *api.ErrorStream, reg *prometheus.Registry) {
 	}
 	old := n.cfg.Load()
 	cfg.Address, cfg.DataDir, cfg.Cluster, cfg.HSM = old.Address, old.DataDir, old.Cluster, old.HSM
-	if err := n.tls.load(cfg); err != nil {
+	st, err := buildTLS(cfg)
+	if err == nil {
+		err = n.api.Reload(n.apiConfig(cfg, es, reg))
+	}
+	if err != nil {
 		n.log.Error("kmsd: reload rejected, keeping the running configuration", "err", err)
 		return
 	}
-	if err := n.api.Reload(n.apiConfig(cfg, es, reg)); err != nil {
-		n.log.Error("kmsd: reload rejected, keeping the running configuration", "err", err)
-		return
-	}
+	n.tls.cur.Store(st) // only now: the whole new configuration was accepted
 	n.cfg.Store(cfg)
 	n.log.Info("kmsd: configuration reloaded")
 	if n.keyring.Load() != nil {

@@ -24,16 +24,28 @@ type tlsState struct {
 
 type tlsReloader struct{ cur atomic.Pointer[tlsState] }
 
-// load builds a new state from c and installs it only if every part is
-// valid: a broken new file never replaces a working certificate.
+// load builds a new state from c and installs it; see build.
 func (r *tlsReloader) load(c *fileConfig) error {
-	cert, err := loadKeyPair(c.TLS.Cert, c.TLS.Key, c.TLS.Password)
+	st, err := buildTLS(c)
 	if err != nil {
 		return err
 	}
+	r.cur.Store(st)
+	return nil
+}
+
+// buildTLS reads and checks everything c's tls section names, without
+// installing anything: a reload installs the result only once the whole
+// new configuration is accepted, so a broken file (or a rejected policy)
+// never replaces a working certificate.
+func buildTLS(c *fileConfig) (*tlsState, error) {
+	cert, err := loadKeyPair(c.TLS.Cert, c.TLS.Key, c.TLS.Password)
+	if err != nil {
+		return nil, err
+	}
 	auth, err := api.ClientAuth(c.TLS.Auth, c.anySkipAuth())
 	if err != nil {
-		return fmt.Errorf("tls: %w", err)
+		return nil, fmt.Errorf("tls: %w", err)
 	}
 	// The CA pool is only handed to TLS when it verifies client
 	// certificates (tls.auth on). In the default mode KES also advertises
@@ -43,11 +55,10 @@ func (r *tlsReloader) load(c *fileConfig) error {
 	verifying := auth == tls.RequireAndVerifyClientCert || auth == tls.VerifyClientCertIfGiven
 	if c.TLS.CA != "" && verifying {
 		if pool, err = loadCertPool(c.TLS.CA); err != nil {
-			return err
+			return nil, err
 		}
 	}
-	r.cur.Store(&tlsState{cert: cert, clientCAs: pool, clientAuth: auth})
-	return nil
+	return &tlsState{cert: cert, clientCAs: pool, clientAuth: auth}, nil
 }
 
 func (c *fileConfig) anySkipAuth() bool {
