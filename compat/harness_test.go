@@ -352,10 +352,11 @@ type yamlConfig struct {
 		Name string `yaml:"name"`
 	} `yaml:"keys,omitempty"`
 	HSM struct {
-		Module string `yaml:"module"`
-		Token  string `yaml:"token"`
-		Key    string `yaml:"key"`
-		PinEnv string `yaml:"pin_env"`
+		Module  string `yaml:"module"`
+		Token   string `yaml:"token"`
+		Key     string `yaml:"key"`
+		PinEnv  string `yaml:"pin_env"`
+		PinFile string `yaml:"pin_file,omitempty"`
 	} `yaml:"hsm"`
 	DataDir string `yaml:"data_dir"`
 	Cluster struct {

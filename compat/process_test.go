@@ -207,6 +207,45 @@ func TestSealedNode(t *testing.T) {
 		defer n.stop(t, syscall.SIGTERM)
 		checkSealed(t, "missing token")
 	})
+	// A wrong PIN must not be retried (each retry is a failed login, and
+	// HSMs lock tokens after a few); fixing the PIN file and sending
+	// SIGHUP unseals the running node.
+	t.Run("wrong_pin_file_no_retry_then_sighup", func(t *testing.T) {
+		pinFile := filepath.Join(n.dir, "hsm.pin")
+		overwrite(t, pinFile, []byte("0000\n"))
+		orig := n.readConfig(t)
+		cfg := orig
+		cfg.HSM.PinFile = pinFile
+		n.writeConfig(t, cfg)
+		defer n.writeConfig(t, orig)
+		env := n.env("") // empty PIN variable: the file is used
+		var offset int64
+		if fi, err := os.Stat(n.logPath); err == nil {
+			offset = fi.Size() // the log file is shared with earlier subtests
+		}
+		n.start(t, env)
+		defer n.stop(t, syscall.SIGTERM)
+		checkSealed(t, "wrong PIN in pin_file")
+		time.Sleep(2500 * time.Millisecond) // the first retries would be at 1 s and 3 s
+		log, err := os.ReadFile(n.logPath)
+		if err != nil {
+			t.Fatal(err)
+		}
+		log = log[min(offset, int64(len(log))):]
+		if c := bytes.Count(log, []byte("CKR_PIN_INCORRECT")); c != 1 {
+			t.Errorf("%d failed logins in the log, want exactly 1 (no retries with a wrong PIN)", c)
+		}
+		if !bytes.Contains(log, []byte("not retrying")) {
+			t.Errorf("log does not say the node stopped retrying:\n%s", n.logTail())
+		}
+		overwrite(t, pinFile, []byte(hsmPIN+"\n"))
+		n.sighup(t)
+		n.waitServing(t)
+		n.requireAlive(t, "SIGHUP")
+		if _, err := n.client(adminKey).GenerateKey(ctxT(t), presetKey, nil); err != nil {
+			t.Errorf("GenerateKey after the PIN was fixed: %v", err)
+		}
+	})
 	t.Run("right_pin_serves", func(t *testing.T) {
 		n.start(t, nil)
 		defer n.stop(t, syscall.SIGTERM)

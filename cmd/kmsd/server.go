@@ -47,6 +47,9 @@ type node struct {
 
 	hsmMu sync.Mutex
 	hsm   *hsm.Module
+
+	ctx       context.Context // the server's lifetime
+	unsealing atomic.Bool     // an unsealLoop is running
 }
 
 func runServer(ctx context.Context, args []string) error {
@@ -76,7 +79,7 @@ func runServer(ctx context.Context, args []string) error {
 	level, _ := parseLevel(cfg.Log.Error)
 	logger := slog.New(errStream.Wrap(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})))
 
-	n := &node{cfgPath: *cfgPath, log: logger}
+	n := &node{cfgPath: *cfgPath, log: logger, ctx: ctx}
 	n.cfg.Store(cfg)
 	defer n.close()
 	if err := n.openState(ctx); err != nil {
@@ -226,7 +229,9 @@ func (n *node) reload(es *api.ErrorStream, reg *prometheus.Registry) {
 	n.cfg.Store(cfg)
 	n.log.Info("kmsd: configuration reloaded")
 	if n.keyring.Load() != nil {
-		go n.ensureKeys(context.Background())
+		go n.ensureKeys(n.ctx)
+	} else {
+		go n.unsealLoop(n.ctx) // e.g. after the operator fixed the PIN
 	}
 }
 

@@ -133,12 +133,25 @@ func runInit(ctx context.Context, args []string) error {
 
 // unsealLoop tries to unseal until it succeeds or ctx ends, backing off
 // up to a minute. Until then the node serves sealed (503 on key routes).
+//
+// A wrong or locked PIN stops the loop: every retry would be another
+// failed login, and HSMs lock a token after a few. The operator fixes the
+// PIN (file or environment) and sends SIGHUP or restarts; SIGHUP starts a
+// new loop while the node is sealed. Only one loop runs at a time.
 func (n *node) unsealLoop(ctx context.Context) {
+	if !n.unsealing.CompareAndSwap(false, true) {
+		return
+	}
+	defer n.unsealing.Store(false)
 	backoff := time.Second
 	for {
 		err := n.unseal(ctx)
 		if err == nil {
 			n.afterUnseal(ctx)
+			return
+		}
+		if errors.Is(err, hsm.ErrPINIncorrect) || errors.Is(err, hsm.ErrPINLocked) {
+			n.log.Error("kmsd: node is sealed; not retrying, to keep the HSM token from locking: fix the PIN, then send SIGHUP or restart", "err", err)
 			return
 		}
 		n.log.Error("kmsd: node is sealed", "err", err, "retry_in", backoff.String())
