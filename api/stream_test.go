@@ -193,7 +193,10 @@ func TestBlockedSubscriber(t *testing.T) {
 		defer close(streamDone)
 		e.srv.Handler().ServeHTTP(sw, withTLS(httptest.NewRequestWithContext(ctx, "GET", "/v1/log/audit", nil)))
 	}()
-	for !e.srv.audit.active() {
+	for deadline := time.Now().Add(5 * time.Second); !e.srv.audit.active(); {
+		if time.Now().After(deadline) {
+			t.Fatal("the audit subscriber never registered")
+		}
 		time.Sleep(time.Millisecond)
 	}
 

@@ -6,6 +6,7 @@ import (
 	"crypto/aes"
 	"crypto/cipher"
 	"crypto/rand"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -520,6 +521,11 @@ type fakeEnv struct {
 	load loader
 }
 
+// fakeEnvs makes every fake module path unique: the process-wide library
+// registry never forgets a path, so a repeated test (-count=N) must not
+// find the previous run's fake under the same name.
+var fakeEnvs atomic.Int64
+
 func newFakeEnv(t *testing.T) *fakeEnv {
 	t.Helper()
 	h := newFake()
@@ -529,7 +535,7 @@ func newFakeEnv(t *testing.T) *fakeEnv {
 		h:    h,
 		tok:  tok,
 		key:  key,
-		cfg:  Config{ModulePath: "/fake/" + t.Name() + ".so", TokenLabel: "tok", PIN: "1234", KeyLabel: "wrap"},
+		cfg:  Config{ModulePath: fmt.Sprintf("/fake/%s-%d.so", t.Name(), fakeEnvs.Add(1)), TokenLabel: "tok", PIN: "1234", KeyLabel: "wrap"},
 		load: func(string) (p11, error) { return h, nil },
 	}
 }

@@ -125,7 +125,11 @@ func holdSession(t *testing.T, e *fakeEnv, m *Module) (release func()) {
 			t.Errorf("held wrap: %v", err)
 		}
 	}()
+	deadline := time.Now().Add(5 * time.Second)
 	for e.h.active.Load() == 0 { // wait until it is inside C_Encrypt
+		if time.Now().After(deadline) {
+			t.Fatal("the held operation never reached C_Encrypt")
+		}
 		time.Sleep(time.Millisecond)
 	}
 	return func() { close(e.h.block); <-done }
