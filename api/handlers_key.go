@@ -319,10 +319,9 @@ func (s *Server) deleteKey(req *request) error {
 	// Read-your-writes for deletes (KES Q12): a lookup finds stale local
 	// records without asking the leader, so wait until this replica has
 	// applied the delete. Best effort: the delete itself is committed.
+	// The cache entry goes when the delete is applied here: the FSM's
+	// delete hook invalidates it on every node.
 	_ = s.deps.Cluster.ReadBarrier(req.ctx)
-	if s.deps.Cache != nil {
-		s.deps.Cache.Invalidate(name)
-	}
 	return writeEmpty(req.w)
 }
 

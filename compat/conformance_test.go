@@ -1010,6 +1010,11 @@ func item24(t *testing.T, s *suite) {
 			t.Fatal(err)
 		}
 	}
+	// Warm the node's key cache first: the delete must evict the cached
+	// key (the FSM's delete hook), not leave it serving.
+	if _, err := s.admin.GenerateKey(ctx, "k24-a", nil); err != nil {
+		t.Fatalf("GenerateKey before delete: %v", err)
+	}
 	if err := s.admin.DeleteKey(ctx, "k24-a"); err != nil {
 		t.Errorf("DeleteKey: %v", err)
 	}
