@@ -13,6 +13,11 @@
 // (ErrREKMismatch) or a stanza made for another sealer key
 // (ErrStanzaMismatch, the normal "not mine" outcome).
 //
+// A joining node gets the REK from a member without any HSM in common:
+// it makes an ephemeral X25519 HandoverKey, the member seals the REK for
+// its public key (Keyring.Handover), and HandoverKey.Open checks the
+// result against the cluster's REK id before returning a Keyring.
+//
 // A Keyring seals master-key material with AES-256-GCM under a key
 // derived from the REK. The associated data binds the key name and
 // version, so a sealed blob cannot be moved to another key or version.
