@@ -53,6 +53,7 @@ func (b *baseline) handler() http.Handler {
 	mux.Handle("/v1/key/create/", b.route("/v1/key/create/", 0, b.create))
 	mux.Handle("/v1/key/generate/", b.route("/v1/key/generate/", maxBody, b.generate))
 	mux.Handle("/v1/key/decrypt/", b.route("/v1/key/decrypt/", maxBody, b.decrypt))
+	mux.Handle("/v1/key/delete/", http.HandlerFunc(b.delete))
 	return mux
 }
 
@@ -131,6 +132,26 @@ func (b *baseline) create(w http.ResponseWriter, _ *http.Request, name string, _
 		return
 	}
 	b.keys[name] = k
+	w.Header().Set("Content-Length", "0")
+	w.WriteHeader(http.StatusOK)
+}
+
+// delete: DELETE /v1/key/delete/<name> (only so that kmsd-bench's
+// clean-up after a create run can be tested against the baseline).
+func (b *baseline) delete(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodDelete {
+		w.Header().Set("Accept", http.MethodDelete)
+		writeError(w, http.StatusMethodNotAllowed, "received method '"+r.Method+"' expected 'DELETE'")
+		return
+	}
+	name := strings.TrimPrefix(r.URL.Path, "/v1/key/delete/")
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if _, ok := b.keys[name]; !ok {
+		writeError(w, http.StatusNotFound, "key does not exist")
+		return
+	}
+	delete(b.keys, name)
 	w.Header().Set("Content-Length", "0")
 	w.WriteHeader(http.StatusOK)
 }

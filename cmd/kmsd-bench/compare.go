@@ -187,7 +187,7 @@ func cmdCompare(args []string) error {
 		if err := sleepCtx(ctx, *pause); err != nil {
 			return err
 		}
-		res, err := runCell(ctx, [2]loadConfig{kmsdCfg, baseCfg}, c.op, c.proto, *slices, sliceDur, *warmup, *sliceWarmup, i%2)
+		res, err := runCell(ctx, [2]loadConfig{kmsdCfg, baseCfg}, [2]string{"kmsd", "baseline"}, c.op, c.proto, *slices, sliceDur, *warmup, *sliceWarmup, i%2)
 		if err != nil {
 			return err
 		}
@@ -307,7 +307,7 @@ func peakRSS(r *loadResult) string {
 // the other, then the other again (ABBA...), so both see the same
 // background load on a shared machine. The results are per server, with
 // the slices summed.
-func runCell(ctx context.Context, cfgs [2]loadConfig, op string, proto, slices int, sliceDur, warmup, sliceWarmup time.Duration, first int) ([2]*loadResult, error) {
+func runCell(ctx context.Context, cfgs [2]loadConfig, names [2]string, op string, proto, slices int, sliceDur, warmup, sliceWarmup time.Duration, first int) ([2]*loadResult, error) {
 	var res [2]*loadResult
 	var loaders [2]*loader
 	defer func() {
@@ -317,7 +317,6 @@ func runCell(ctx context.Context, cfgs [2]loadConfig, op string, proto, slices i
 			}
 		}
 	}()
-	names := [2]string{"kmsd", "baseline"}
 	for i := range cfgs {
 		cfg := cfgs[i]
 		cfg.Op, cfg.HTTP = op, proto

@@ -34,6 +34,31 @@
 //	    with the ratio kmsd/baseline ops/s. Defaults come from KES_SERVER,
 //	    KES_API_KEY, KES_CA and KMSD_PID_FILE.
 //
+// The cluster benchmarks talk to a running three-node cluster
+// (scripts/dev.sh) with the admin API key; --servers defaults to all of
+// $KES_SERVER and --pid-files to $KMSD_PID_FILES (one per server, same
+// order). They find the leader through /v1/metrics (kmsd_raft_state):
+//
+//	kmsd-bench create --clients 1,64 --duration 5s
+//	    Key-create throughput and p50/p99: every request creates a new
+//	    key. Per client count, clients spread round-robin over all nodes
+//	    (most creates are forwarded to the leader) alternate in slices
+//	    with clients on the leader only. Prints the goal (>= 500
+//	    creates/s at 64 clients with p99 <= 50 ms) as met or not met;
+//	    it never fails because of it. Deletes the keys afterwards.
+//
+//	kmsd-bench nodes --clients 64 --duration 5s
+//	    Generate and decrypt against the first server vs spread over all
+//	    servers, alternating slices; prints both and the ratio.
+//
+//	kmsd-bench failover --trials 3 --restart "scripts/dev.sh up"
+//	    Sends a create every 5 ms round-robin to the two followers,
+//	    SIGKILLs the leader (pid from its pid file, checked to be a kmsd),
+//	    and reports the time from the kill to the first successful create
+//	    sent after it, when a survivor reported being leader, and how
+//	    many creates failed; then runs --restart and waits for every node
+//	    to be ready before the next kill.
+//
 // Decrypt always decrypts one ciphertext, generated once before the run,
 // so kmsd serves it from its hot key cache. Latencies go into a
 // fixed-size log-linear histogram per client (relative error < 1/64), so

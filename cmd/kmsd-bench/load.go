@@ -13,6 +13,7 @@ import (
 	"net/url"
 	"os"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -23,20 +24,45 @@ import (
 // like the context MinIO sends.
 var benchContext = []byte(`{"kmsd-bench/object":"bucket/object"}`)
 
-// loadConfig describes one load run against one server.
+// loadConfig describes one load run against one server or a cluster.
 type loadConfig struct {
-	Server     string // base URL, https://host:port
+	Server string // base URL, https://host:port
+	// Servers, if set, replaces Server: client i talks to
+	// Servers[i%len(Servers)] (a cluster's endpoints).
+	Servers    []string
 	ServerName string // TLS server name to verify, if not the URL host
 	RootCAs    *x509.CertPool
 	ClientCert tls.Certificate
-	Key        string // key name
-	Op         string // "generate" or "decrypt"
-	HTTP       int    // 1 or 2
-	Clients    int
-	Warmup     time.Duration
-	Duration   time.Duration
-	MaxOps     int // upper bound on requests per run, over all clients
-	PID        int // server process to observe; 0 = none
+	// Key is the key name for generate and decrypt, and the name prefix
+	// for create: every create makes a new key KEY-CLIENT-N.
+	Key      string
+	Op       string // "generate", "decrypt" or "create"
+	HTTP     int    // 1 or 2
+	Clients  int
+	Warmup   time.Duration
+	Duration time.Duration
+	MaxOps   int   // upper bound on requests per run, over all clients
+	PID      int   // server process to observe; 0 = none
+	PIDs     []int // if set, replaces PID: CPU and memory are summed
+}
+
+// servers returns the endpoints clients are spread over.
+func (c *loadConfig) servers() []string {
+	if len(c.Servers) > 0 {
+		return c.Servers
+	}
+	return []string{c.Server}
+}
+
+// pids returns the server processes to observe.
+func (c *loadConfig) pids() []int {
+	if len(c.PIDs) > 0 {
+		return c.PIDs
+	}
+	if c.PID > 0 {
+		return []int{c.PID}
+	}
+	return nil
 }
 
 // loadResult is what one run measured. Only requests that completed
@@ -62,6 +88,9 @@ type loadResult struct {
 	HaveMachineCPU bool
 	// SliceRates is ops/s of every slice this result sums.
 	SliceRates []float64
+	// Created lists the key names create requests asked for (also the
+	// failed and the warm-up ones), so they can be deleted afterwards.
+	Created []string
 }
 
 func (r *loadResult) opsPerSec() float64 {
@@ -196,13 +225,14 @@ func ensureKey(ctx context.Context, c *http.Client, server, name string) error {
 	return nil
 }
 
-// requestBody returns the URL and the fixed body every request of the
-// run sends. For decrypt it generates one DEK first, so that every
-// decrypt hits the same (cached) key with a valid ciphertext, and checks
-// the round trip once.
+// requestBody returns the URL path and the fixed body every request of
+// the run sends. For decrypt it generates one DEK first (on the first
+// server), so that every decrypt hits the same (cached) key with a valid
+// ciphertext, and checks the round trip once on every server.
 func requestBody(ctx context.Context, c *http.Client, cfg *loadConfig) (string, []byte, error) {
 	name := url.PathEscape(cfg.Key)
-	genURL := cfg.Server + "/v1/key/generate/" + name
+	genPath := "/v1/key/generate/" + name
+	genURL := cfg.servers()[0] + genPath
 	genBody, _ := json.Marshal(generateRequest{Context: benchContext})
 	var dek generateResponse
 	if err := call(ctx, c, http.MethodPost, genURL, genBody, &dek); err != nil {
@@ -213,18 +243,20 @@ func requestBody(ctx context.Context, c *http.Client, cfg *loadConfig) (string, 
 	}
 	switch cfg.Op {
 	case "generate":
-		return genURL, genBody, nil
+		return genPath, genBody, nil
 	case "decrypt":
-		decURL := cfg.Server + "/v1/key/decrypt/" + name
+		decPath := "/v1/key/decrypt/" + name
 		decBody, _ := json.Marshal(decryptRequest{Ciphertext: dek.Ciphertext, Context: benchContext})
-		var out decryptResponse
-		if err := call(ctx, c, http.MethodPost, decURL, decBody, &out); err != nil {
-			return "", nil, fmt.Errorf("decrypt: %w", err)
+		for _, srv := range cfg.servers() {
+			var out decryptResponse
+			if err := call(ctx, c, http.MethodPost, srv+decPath, decBody, &out); err != nil {
+				return "", nil, fmt.Errorf("decrypt on %s: %w", srv, err)
+			}
+			if !bytes.Equal(out.Plaintext, dek.Plaintext) {
+				return "", nil, fmt.Errorf("decrypt on %s: plaintext does not match the generated DEK", srv)
+			}
 		}
-		if !bytes.Equal(out.Plaintext, dek.Plaintext) {
-			return "", nil, errors.New("decrypt: plaintext does not match the generated DEK")
-		}
-		return decURL, decBody, nil
+		return decPath, decBody, nil
 	default:
 		return "", nil, fmt.Errorf("unknown op %q (want generate or decrypt)", cfg.Op)
 	}
@@ -265,9 +297,21 @@ func runLoad(ctx context.Context, cfg loadConfig) (*loadResult, error) {
 type loader struct {
 	cfg     loadConfig
 	clients []*http.Client
-	checked []bool // protocol verified on client i
-	target  string
+	bases   []string // server base URL of client i
+	checked []bool   // protocol verified on client i
+	path    string   // generate/decrypt: the request path
 	body    []byte
+	issued  []int // create: names issued by client i so far
+}
+
+// createPath is the path of client i's n-th create.
+func (l *loader) createPath(i, n int) string {
+	return "/v1/key/create/" + url.PathEscape(l.cfg.Key+"-"+strconv.Itoa(i)+"-"+strconv.Itoa(n))
+}
+
+// createdName is the key name of client i's n-th create.
+func (l *loader) createdName(i, n int) string {
+	return l.cfg.Key + "-" + strconv.Itoa(i) + "-" + strconv.Itoa(n)
 }
 
 // newLoader creates the clients and prepares the request (see
@@ -282,14 +326,26 @@ func newLoader(ctx context.Context, cfg loadConfig) (*loader, error) {
 	if cfg.MaxOps <= 0 {
 		cfg.MaxOps = 50_000_000
 	}
-	l := &loader{cfg: cfg, clients: make([]*http.Client, cfg.Clients), checked: make([]bool, cfg.Clients)}
+	l := &loader{
+		cfg: cfg, clients: make([]*http.Client, cfg.Clients), bases: make([]string, cfg.Clients),
+		checked: make([]bool, cfg.Clients), issued: make([]int, cfg.Clients),
+	}
+	srvs := cfg.servers()
 	for i := range l.clients {
 		l.clients[i] = newHTTPClient(&l.cfg)
+		l.bases[i] = strings.TrimRight(srvs[i%len(srvs)], "/")
+	}
+	if cfg.Op == "create" {
+		if cfg.Key == "" {
+			l.close()
+			return nil, errors.New("create: a key name prefix is required")
+		}
+		return l, nil
 	}
 	prepCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	var err error
-	if l.target, l.body, err = requestBody(prepCtx, l.clients[0], &l.cfg); err != nil {
+	if l.path, l.body, err = requestBody(prepCtx, l.clients[0], &l.cfg); err != nil {
 		l.close()
 		return nil, err
 	}
@@ -325,10 +381,14 @@ func (l *loader) run(ctx context.Context, warmup, duration time.Duration) (*load
 		server, self, machine       time.Duration
 		serverOK, selfOK, machineOK bool
 	}
+	pids := cfg.pids()
 	sample := func() (s cpuSample) {
-		if cfg.PID > 0 {
-			if d, err := readCPU(cfg.PID); err == nil {
-				s.server, s.serverOK = d, true
+		if len(pids) > 0 {
+			s.serverOK = true
+			for _, pid := range pids {
+				d, err := readCPU(pid)
+				s.server += d
+				s.serverOK = s.serverOK && err == nil
 			}
 		}
 		if d, err := readCPU(os.Getpid()); err == nil {
@@ -350,18 +410,25 @@ func (l *loader) run(ctx context.Context, warmup, duration time.Duration) (*load
 
 	var protoMismatch atomic.Value // string
 	stats := make([]*clientStats, cfg.Clients)
+	issued0 := append([]int(nil), l.issued...)
+	create := cfg.Op == "create"
 	var wg sync.WaitGroup
 	for i, c := range l.clients {
 		st := &clientStats{}
 		stats[i] = st
 		checked := &l.checked[i]
+		target := l.bases[i] + l.path
 		wg.Go(func() {
 			for n := 0; n < perClient; n++ {
 				t0 := time.Now()
 				if !t0.Before(end) {
 					return
 				}
-				status, kind := doRequest(reqCtx, c, l.target, l.body, cfg.HTTP, checked, &protoMismatch)
+				if create {
+					target = l.bases[i] + l.createPath(i, l.issued[i])
+					l.issued[i]++
+				}
+				status, kind := doRequest(reqCtx, c, target, l.body, cfg.HTTP, checked, &protoMismatch)
 				t1 := time.Now()
 				if status == 0 && reqCtx.Err() != nil {
 					return // interrupted or past the grace period
@@ -426,9 +493,18 @@ func (l *loader) run(ctx context.Context, warmup, duration time.Duration) (*load
 		res.MachineCPU, res.HaveMachineCPU = cpu1.machine-cpu0.machine, true
 	}
 	res.SliceRates = []float64{res.opsPerSec()}
-	if cfg.PID > 0 {
-		if m, err := readMem(cfg.PID); err == nil {
-			res.ServerMem, res.HaveServer = m, true
+	if len(pids) > 0 {
+		res.HaveServer = true
+		for _, pid := range pids {
+			m, err := readMem(pid)
+			res.ServerMem.HWM += m.HWM
+			res.ServerMem.RSS += m.RSS
+			res.HaveServer = res.HaveServer && err == nil
+		}
+	}
+	for i := range l.issued {
+		for n := issued0[i]; n < l.issued[i]; n++ {
+			res.Created = append(res.Created, l.createdName(i, n))
 		}
 	}
 	return res, nil
@@ -450,6 +526,7 @@ func (r *loadResult) add(o *loadResult) {
 	r.HaveMachineCPU = r.HaveMachineCPU && o.HaveMachineCPU
 	r.MachineCPU += o.MachineCPU
 	r.SliceRates = append(r.SliceRates, o.SliceRates...)
+	r.Created = append(r.Created, o.Created...)
 	if o.HaveServer {
 		r.HaveServer = true
 		r.ServerMem.RSS = o.ServerMem.RSS

@@ -19,6 +19,9 @@ commands:
   baseline  serve the bare mTLS + KES crypto ceiling
   load      run one load against a server
   compare   run the generate/decrypt x HTTP/2/HTTP/1.1 matrix against kmsd and the baseline
+  create    key-create throughput and p50/p99 on a cluster: clients spread over all nodes vs leader only
+  nodes     generate/decrypt ops/s against one node vs spread over all nodes
+  failover  SIGKILL the leader under a stream of creates; time to the first successful write
 
 Run "kmsd-bench <command> -h" for the flags of a command.
 `
@@ -36,6 +39,12 @@ func main() {
 		err = cmdLoad(args)
 	case "compare":
 		err = cmdCompare(args)
+	case "create":
+		err = cmdCreate(args)
+	case "nodes":
+		err = cmdNodes(args)
+	case "failover":
+		err = cmdFailover(args)
 	case "-h", "-help", "--help", "help":
 		fmt.Print(usage)
 		return
@@ -97,7 +106,7 @@ func cmdLoad(args []string) error {
 	ca := fs.String("ca", os.Getenv("KES_CA"), "CA certificate of the server (default $KES_CA)")
 	serverName := fs.String("server-name", "", "TLS server name to verify (default: the URL host)")
 	key := fs.String("key", "kmsd-bench", "key name (created if missing)")
-	op := fs.String("op", "generate", "generate or decrypt")
+	op := fs.String("op", "generate", "generate, decrypt or create (a new key KEY-CLIENT-N per request; they are left behind)")
 	clients := fs.Int("clients", 64, "concurrent clients, one TLS connection each")
 	duration := fs.Duration("duration", 10*time.Second, "measured duration")
 	warmup := fs.Duration("warmup", time.Second, "warm-up, excluded from the results")
@@ -125,11 +134,13 @@ func cmdLoad(args []string) error {
 		Key: *key, Op: *op, HTTP: *proto, Clients: *clients, Warmup: *warmup, Duration: *duration,
 		MaxOps: *maxOps, PID: *pid,
 	}
-	c := newHTTPClient(&cfg)
-	err = ensureKey(ctx, c, cfg.Server, cfg.Key)
-	c.CloseIdleConnections()
-	if err != nil {
-		return err
+	if cfg.Op != "create" {
+		c := newHTTPClient(&cfg)
+		err = ensureKey(ctx, c, cfg.Server, cfg.Key)
+		c.CloseIdleConnections()
+		if err != nil {
+			return err
+		}
 	}
 	res, err := runLoad(ctx, cfg)
 	if err != nil {
