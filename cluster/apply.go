@@ -16,15 +16,21 @@ const defaultTimeout = 10 * time.Second
 
 // Apply replicates cmd and returns the FSM's Result for it.
 //
-// Only the leader proposes; on a follower Apply returns ErrNotLeader
-// (leader known) or ErrNoLeader. (Forwarding to the leader slots in at
-// the marked place below.) Errors, all comparable with errors.Is:
+// On the leader it proposes cmd; on a follower it forwards the encoded
+// command to the leader over the node channel (the leader proposes it
+// locally, never forwarding again). It waits for a leader (bounded by
+// ctx; 10 s when ctx has no deadline) and retries while leadership moves,
+// so the caller never sees ErrNotLeader — except without a node channel
+// (Config.TLS nil), where a follower still returns ErrNotLeader. Errors,
+// all comparable with errors.Is:
 //
-//   - ErrNotLeader, ErrNoLeader, ErrTimeout (before the command entered
-//     the log), ErrShutdown: the command was not applied;
-//   - ErrUnknownOutcome: the command reached the leader's log but its fate
-//     is unknown (leadership lost, ctx done while waiting, shutdown after
-//     append). It may still be applied: retry with the same request id;
+//   - ErrNoLeader: no leader accepted the command before ctx ended; it
+//     was not applied;
+//   - ErrTimeout (ctx already done, or the leader could not enqueue it),
+//     ErrShutdown (this node is stopping): not applied;
+//   - ErrUnknownOutcome: the command reached the leader (its log, or the
+//     leader's RPC handler with the response lost) but its fate is
+//     unknown. It may still be applied: retry with the same request id;
 //   - fsm.ErrInvalid: the command cannot be encoded or is too large.
 //
 // A domain outcome (key exists, not found, …) is not an error here: it is
@@ -37,10 +43,22 @@ func (n *Node) Apply(ctx context.Context, cmd fsm.Command) (fsm.Result, error) {
 	if len(b) > MaxCommandSize {
 		return fsm.Result{}, fmt.Errorf("cluster: apply: %w: command of %d bytes exceeds %d", fsm.ErrInvalid, len(b), MaxCommandSize)
 	}
-	res, err := n.applyLocal(ctx, b)
-	// Leader forwarding (next issue): on ErrNotLeader, send b to the
-	// leader over the node-to-node channel and return its Result.
-	return res, err
+	ctx, cancel := withDefaultTimeout(ctx)
+	defer cancel()
+	var res fsm.Result
+	err = n.onLeader(ctx,
+		func(ctx context.Context) (err error) {
+			res, err = n.applyLocal(ctx, b)
+			return err
+		},
+		func(ctx context.Context, addr string) (err error) {
+			res, err = n.client.apply(ctx, addr, b)
+			return err
+		})
+	if err != nil {
+		return fsm.Result{}, err
+	}
+	return res, nil
 }
 
 // applyLocal proposes encoded command bytes on this node.
@@ -144,12 +162,32 @@ func timeoutFrom(ctx context.Context) time.Duration {
 // answering "not found" from local state.
 //
 // On the leader it confirms leadership and waits for the FSM to catch up
-// (see readIndex). On a follower it returns ErrNotLeader, or ErrNoLeader
-// when no leader is known (asking the leader comes with forwarding).
-// ctx expiring yields ErrTimeout.
+// (see readIndex). On a follower it asks the leader for its read index
+// over the node channel, then waits until the local FSM has applied it
+// (fsm.WaitApplied). No leader before ctx ends (10 s without a deadline)
+// → ErrNoLeader; ctx already done, or ending while the local FSM catches
+// up → ErrTimeout. Without a node channel a follower returns
+// ErrNotLeader/ErrNoLeader.
 func (n *Node) ReadBarrier(ctx context.Context) error {
-	_, err := n.readIndex(ctx)
-	return err
+	ctx, cancel := withDefaultTimeout(ctx)
+	defer cancel()
+	var index uint64
+	err := n.onLeader(ctx,
+		func(ctx context.Context) (err error) {
+			index, err = n.readIndex(ctx) // the local FSM has applied it
+			return err
+		},
+		func(ctx context.Context, addr string) (err error) {
+			index, err = n.client.barrier(ctx, addr)
+			return err
+		})
+	if err != nil {
+		return err
+	}
+	if err := n.fsm.WaitApplied(ctx, index); err != nil {
+		return fmt.Errorf("%w: read barrier: %w", ErrTimeout, err)
+	}
+	return nil
 }
 
 // readIndex is the leader side of the read barrier. It returns an FSM

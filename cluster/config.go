@@ -1,9 +1,12 @@
 package cluster
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
+	"net/http"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -32,9 +35,36 @@ type Config struct {
 	// Bootstrap makes Open bootstrap a single-voter cluster of this node
 	// if there is no existing raft state. Harmless on later starts.
 	Bootstrap bool
-	// StreamLayer, if set, carries raft's traffic (mTLS is plugged in
-	// here). nil = plain TCP on BindAddr.
+	// StreamLayer, if set, carries raft's traffic (a custom transport for
+	// tests). nil = the node channel on BindAddr (TLS set) or plain TCP.
+	// Exclusive with TLS.
 	StreamLayer raft.StreamLayer
+
+	// TLS returns the node channel's TLS configuration: the node
+	// certificate (Certificates, or GetCertificate and/or
+	// GetClientCertificate; the certificate needs serverAuth and
+	// clientAuth) and the cluster CA in RootCAs and ClientCAs (one of them
+	// is enough: it fills the other). It is called for every new
+	// connection, so a reloaded certificate takes effect at once; the
+	// result is cloned, never modified. The package enforces TLS 1.3, a
+	// verified client certificate and its ALPN protocols.
+	//
+	// nil = raft over plain TCP and no node channel: no RPC, so no write
+	// forwarding, no follower read barrier and no join (old unit tests).
+	TLS func() *tls.Config
+	// Peers are the node-channel addresses of the cluster's members, the
+	// same list on every node. A node that starts without raft state and
+	// without Bootstrap asks them (its own AdvertiseAddr is skipped) to add
+	// it, retrying with backoff until it is a member or shuts down.
+	// Requires TLS.
+	Peers []string
+	// RPC are extra internal endpoints served on the node channel under
+	// ExtPrefix ("/cluster/v1/ext/"). A key is the path ("rek" or
+	// "/cluster/v1/ext/rek"), optionally preceded by a method and a space
+	// ("POST rek"). Request bodies are limited to 1 MiB; the request's
+	// context ends with the caller's deadline (at most a minute) or at
+	// Shutdown. Requires TLS.
+	RPC map[string]http.Handler
 	// Logger receives this package's and raft's logs. nil = slog.Default().
 	Logger *slog.Logger
 
@@ -103,6 +133,23 @@ func (c Config) validate() error {
 		return errors.New("cluster: config: BindAddr is required without a StreamLayer")
 	case c.SnapshotRetain < 1:
 		return errors.New("cluster: config: SnapshotRetain must be >= 1")
+	case c.TLS != nil && c.StreamLayer != nil:
+		return errors.New("cluster: config: TLS and StreamLayer are exclusive")
+	case c.TLS == nil && (len(c.Peers) > 0 || len(c.RPC) > 0):
+		return errors.New("cluster: config: Peers and RPC need the node channel (TLS)")
+	}
+	for _, p := range c.Peers {
+		if _, _, err := net.SplitHostPort(p); err != nil {
+			return fmt.Errorf("cluster: config: peer %q: %w", p, err)
+		}
+	}
+	for k, h := range c.RPC {
+		if h == nil {
+			return fmt.Errorf("cluster: config: RPC endpoint %q: nil handler", k)
+		}
+		if _, err := extPattern(k); err != nil {
+			return err
+		}
 	}
 	return nil
 }

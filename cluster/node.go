@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"sync"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/hashicorp/raft"
 	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
+	"go.etcd.io/bbolt"
 
 	"github.com/kmsd/kmsd/fsm"
 )
@@ -42,7 +44,24 @@ type Node struct {
 	observer *raft.Observer
 	leaderMu sync.Mutex
 	leaderCh chan struct{} // closed and replaced on every leader change
-	done     chan struct{} // closed by Shutdown
+	done     chan struct{} // closed by Shutdown once raft stopped
+
+	// Node channel (nil without Config.TLS).
+	mux      *mux
+	client   *Client
+	rpcSrv   *http.Server
+	rpcDone  chan struct{} // closed when rpcSrv.Serve returned
+	handlers inflight
+
+	// baseCtx ends at the start of Shutdown: it stops the join loop,
+	// forwarding retries and RPC handlers.
+	baseCtx    context.Context
+	cancelBase context.CancelFunc
+
+	hadState   bool          // raft had state at Open
+	joined     chan struct{} // see Joined
+	joinedOnce sync.Once
+	joinDone   chan struct{} // closed when the join loop returned (nil: none)
 
 	shutdownOnce sync.Once
 	shutdownErr  error
@@ -70,12 +89,19 @@ func Open(ctx context.Context, cfg Config, f *fsm.FSM) (*Node, error) {
 		fsm:      f,
 		leaderCh: make(chan struct{}),
 		done:     make(chan struct{}),
+		joined:   make(chan struct{}),
 	}
+	n.baseCtx, n.cancelBase = context.WithCancel(context.Background())
 	if err := n.open(); err != nil {
+		n.cancelBase()
 		n.closeStores()
 		return nil, err
 	}
 	n.watchLeader()
+	if n.mux != nil {
+		n.startRPC()
+	}
+	n.startJoin()
 	return n, nil
 }
 
@@ -87,7 +113,9 @@ func (n *Node) open() error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("cluster: open: %w", err)
 	}
-	bolt, err := raftboltdb.New(raftboltdb.Options{Path: filepath.Join(dir, "raft.db")})
+	bolt, err := raftboltdb.New(raftboltdb.Options{
+		Path: filepath.Join(dir, "raft.db"), BoltOptions: &bbolt.Options{Timeout: 5 * time.Second},
+	})
 	if err != nil {
 		return fmt.Errorf("cluster: open raft.db: %w", err)
 	}
@@ -108,6 +136,7 @@ func (n *Node) open() error {
 	if err != nil {
 		return fmt.Errorf("cluster: open: %w", err)
 	}
+	n.hadState = existing
 	if !existing && n.fsm.AppliedIndex() > 0 {
 		return fmt.Errorf("%w: FSM applied index %d, raft dir %s is empty", ErrStateMismatch, n.fsm.AppliedIndex(), dir)
 	}
@@ -136,9 +165,19 @@ func (n *Node) open() error {
 
 func (n *Node) newTransport(hl *hclogAdapter) (raft.Transport, error) {
 	tl := hl.Named("transport")
-	if n.cfg.StreamLayer != nil {
+	stream := n.cfg.StreamLayer
+	if n.cfg.TLS != nil {
+		m, err := newMux(n.cfg.BindAddr, n.cfg.AdvertiseAddr, n.cfg.TLS, n.log)
+		if err != nil {
+			return nil, err
+		}
+		n.mux = m
+		n.client = NewClient(n.cfg.TLS)
+		stream = streamLayer{m.raft}
+	}
+	if stream != nil {
 		return raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
-			Stream: n.cfg.StreamLayer, MaxPool: transportPool, Timeout: transportTimeout, Logger: tl,
+			Stream: stream, MaxPool: transportPool, Timeout: transportTimeout, Logger: tl,
 		}), nil
 	}
 	var adv net.Addr
@@ -214,17 +253,37 @@ func (n *Node) leaderChanged() <-chan struct{} {
 	return n.leaderCh
 }
 
-// Shutdown stops raft, then closes the transport and the bolt store. It
-// is idempotent; the FSM's storage is the caller's to close afterwards.
+// Shutdown stops the join loop and forwarding retries, stops raft, then
+// the node channel (RPC server, waiting up to 10 s for running handlers;
+// listener; every connection) and closes the transport and the bolt
+// store. It is idempotent; the FSM's storage is the caller's to close
+// afterwards.
 func (n *Node) Shutdown() error {
 	n.shutdownOnce.Do(func() {
+		n.cancelBase()
+		if n.joinDone != nil {
+			<-n.joinDone
+		}
 		var errs []error
 		if err := n.raft.Shutdown().Error(); err != nil {
 			errs = append(errs, fmt.Errorf("raft: %w", err))
 		}
 		n.raft.DeregisterObserver(n.observer)
 		close(n.done)
+		if n.rpcSrv != nil {
+			idle := n.handlers.close()
+			_ = n.rpcSrv.Close()
+			<-n.rpcDone
+			select {
+			case <-idle:
+			case <-time.After(10 * time.Second):
+				n.log.Error("node channel: RPC handlers still running after shutdown")
+			}
+		}
 		errs = append(errs, n.closeStores())
+		if n.client != nil {
+			n.client.CloseIdleConnections()
+		}
 		n.shutdownErr = errors.Join(errs...)
 		if n.shutdownErr != nil {
 			n.shutdownErr = fmt.Errorf("cluster: shutdown: %w", n.shutdownErr)
@@ -239,6 +298,11 @@ func (n *Node) closeStores() error {
 	if c, ok := n.trans.(interface{ Close() error }); ok {
 		if err := c.Close(); err != nil {
 			errs = append(errs, fmt.Errorf("transport: %w", err))
+		}
+	}
+	if n.mux != nil {
+		if err := n.mux.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
+			errs = append(errs, fmt.Errorf("node channel: %w", err))
 		}
 	}
 	if n.bolt != nil {

@@ -1,0 +1,100 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"time"
+
+	"github.com/hashicorp/raft"
+)
+
+// Backoff between attempts while leadership is unsettled (a follower's
+// view of the leader is stale, an election or a transfer is running).
+const (
+	retryMin = 10 * time.Millisecond
+	retryMax = 200 * time.Millisecond
+)
+
+// withDefaultTimeout gives ctx the package's default deadline if it has
+// none, so no call waits forever.
+func withDefaultTimeout(ctx context.Context) (context.Context, context.CancelFunc) {
+	if _, ok := ctx.Deadline(); ok {
+		return ctx, func() {}
+	}
+	return context.WithTimeout(ctx, defaultTimeout)
+}
+
+// jitter returns d ± 25%.
+func jitter(d time.Duration) time.Duration {
+	return d - d/4 + time.Duration(rand.Int64N(int64(d/2)+1))
+}
+
+// retryable reports whether an attempt failed before doing anything, so
+// that running it again (possibly on another node) is safe: leadership
+// was not where the caller thought, or the request never reached the
+// remote handler. A remote "shutdown" means that leader is going away
+// without having applied anything; a local one ends the loop.
+func retryable(err error, remote bool) bool {
+	switch {
+	case err == nil, errors.Is(err, ErrUnknownOutcome):
+		return false
+	case errors.Is(err, ErrNotLeader), errors.Is(err, ErrNoLeader), isNotSent(err):
+		return true
+	case remote && errors.Is(err, ErrShutdown):
+		return true
+	}
+	return false
+}
+
+// onLeader runs an operation on the leader: local when this node leads,
+// otherwise remote(ctx, leaderAddr) over the node channel. It waits for a
+// leader and retries (with a short jittered backoff) while an attempt
+// fails retryably, until ctx ends (ErrNoLeader, wrapping ctx's error and
+// the last failure) or the node shuts down (ErrShutdown).
+//
+// Without a node channel (Config.TLS nil) a follower returns
+// ErrNotLeader/ErrNoLeader as before forwarding existed.
+func (n *Node) onLeader(ctx context.Context, local func(context.Context) error, remote func(context.Context, string) error) error {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("%w: %w", ErrTimeout, err)
+	}
+	backoff := retryMin
+	var last error
+	for {
+		if n.raft.State() == raft.Leader {
+			err := local(ctx)
+			if !retryable(err, false) {
+				return err
+			}
+			last = err
+		} else if n.mux == nil {
+			return n.notLeader()
+		} else if _, addr := n.Leader(); addr == "" {
+			if err := n.WaitLeader(ctx); err != nil {
+				if errors.Is(err, ErrShutdown) {
+					return ErrShutdown
+				}
+				return fmt.Errorf("%w: %w", ErrNoLeader, ctx.Err())
+			}
+			continue
+		} else if addr == string(n.mux.adv) {
+			last = ErrNoLeader // raft names us but we do not lead (yet, or any more)
+		} else {
+			err := remote(ctx, addr)
+			if !retryable(err, true) {
+				return err
+			}
+			last = err
+		}
+		select {
+		case <-time.After(jitter(backoff)):
+		case <-ctx.Done():
+			return fmt.Errorf("%w: %w (last attempt: %v)", ErrNoLeader, ctx.Err(), last)
+		case <-n.baseCtx.Done():
+			return ErrShutdown
+		}
+		backoff = min(2*backoff, retryMax)
+	}
+}
