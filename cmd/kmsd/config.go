@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -59,13 +60,24 @@ type fileConfig struct {
 		PINFile     string `yaml:"pin_file"`
 		MaxSessions int    `yaml:"max_sessions"`
 	} `yaml:"hsm"`
-	DataDir string `yaml:"data_dir"`
-	Cluster struct {
-		NodeID    string `yaml:"node_id"`
-		Address   string `yaml:"address"`
-		Advertise string `yaml:"advertise"`
-		Bootstrap *bool  `yaml:"bootstrap"`
-	} `yaml:"cluster"`
+	DataDir string        `yaml:"data_dir"`
+	Cluster clusterConfig `yaml:"cluster"`
+}
+
+// clusterConfig is the `cluster:` section: this node's identity and
+// node channel (raft + internal RPC over mTLS with the cluster CA). There
+// is no bootstrap switch: `kmsd init` leaves a marker file instead (see
+// DESIGN.md, "Cluster formation").
+type clusterConfig struct {
+	NodeID    string   `yaml:"node_id"`
+	Address   string   `yaml:"address"`   // bind address of the node channel
+	Advertise string   `yaml:"advertise"` // address peers dial; default Address
+	Peers     []string `yaml:"peers"`     // join targets; the own advertise address is skipped
+	TLS       struct {
+		Cert string `yaml:"cert"`
+		Key  string `yaml:"key"`
+		CA   string `yaml:"ca"` // the cluster CA: the only CA trusted on the node channel
+	} `yaml:"tls"`
 }
 
 type routeConfig struct {
@@ -151,6 +163,9 @@ func (c *fileConfig) resolvePaths(dir string) {
 	abs(&c.TLS.CA)
 	abs(&c.HSM.PINFile)
 	abs(&c.DataDir)
+	abs(&c.Cluster.TLS.Cert)
+	abs(&c.Cluster.TLS.Key)
+	abs(&c.Cluster.TLS.CA)
 }
 
 func (c *fileConfig) setDefaults() {
@@ -184,9 +199,8 @@ func (c *fileConfig) setDefaults() {
 			c.Cluster.NodeID = h
 		}
 	}
-	if c.Cluster.Bootstrap == nil {
-		t := true
-		c.Cluster.Bootstrap = &t
+	if c.Cluster.Advertise == "" {
+		c.Cluster.Advertise = c.Cluster.Address
 	}
 }
 
@@ -239,10 +253,66 @@ func (c *fileConfig) validate() error {
 	if !filepath.IsAbs(c.HSM.Module) {
 		errs = append(errs, fmt.Errorf("hsm.module %q must be an absolute path", c.HSM.Module))
 	}
-	if c.Cluster.NodeID == "" {
+	errs = append(errs, c.Cluster.validate()...)
+	return errors.Join(errs...)
+}
+
+func (c *clusterConfig) validate() []error {
+	var errs []error
+	if c.NodeID == "" {
 		errs = append(errs, errors.New("cluster.node_id is required"))
 	}
-	return errors.Join(errs...)
+	if _, _, err := splitHostPort(c.Address); err != nil {
+		errs = append(errs, fmt.Errorf("cluster.address: %w", err))
+	}
+	if host, _, err := splitHostPort(c.Advertise); err != nil {
+		errs = append(errs, fmt.Errorf("cluster.advertise: %w", err))
+	} else if ip := net.ParseIP(host); host == "" || (ip != nil && ip.IsUnspecified()) {
+		errs = append(errs, fmt.Errorf("cluster.advertise %q: peers cannot dial an unspecified address; set cluster.advertise to this node's IP or host name", c.Advertise))
+	}
+	seen := map[string]bool{}
+	for _, p := range c.Peers {
+		host, _, err := splitHostPort(p)
+		if err == nil && host == "" {
+			err = errors.New("missing host")
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("cluster.peers: %q: %w", p, err))
+		}
+		if seen[p] {
+			errs = append(errs, fmt.Errorf("cluster.peers: %q is listed twice", p))
+		}
+		seen[p] = true
+	}
+	if c.TLS.Cert == "" || c.TLS.Key == "" || c.TLS.CA == "" {
+		errs = append(errs, errors.New("cluster.tls.cert, cluster.tls.key and cluster.tls.ca are required: the node channel is always mutual TLS with the cluster CA"))
+	}
+	return errs
+}
+
+// splitHostPort is net.SplitHostPort that also wants a numeric port.
+func splitHostPort(addr string) (host string, port int, err error) {
+	h, p, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "", 0, err
+	}
+	n, err := strconv.ParseUint(p, 10, 16)
+	if err != nil {
+		return "", 0, fmt.Errorf("port %q: not a number in 0-65535", p)
+	}
+	return h, int(n), nil
+}
+
+// joinPeers returns the peers to dial: cluster.peers without this node's
+// own advertise address.
+func (c *clusterConfig) joinPeers() []string {
+	var out []string
+	for _, p := range c.Peers {
+		if p != c.Advertise {
+			out = append(out, p)
+		}
+	}
+	return out
 }
 
 // parseLevel understands the KES log levels: on/off, DEBUG/INFO/WARN/ERROR

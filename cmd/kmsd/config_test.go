@@ -22,6 +22,7 @@ hsm:
 data_dir: data
 cluster:
   node_id: n1
+  tls: {cert: node.crt, key: node.key, ca: cluster-ca.crt}
 `
 
 func writeConfig(t *testing.T, body string) string {
@@ -55,10 +56,72 @@ func TestLoadConfig(t *testing.T) {
 			if c.HSM.Module != "/usr/lib/softhsm/libsofthsm2.so" || c.HSM.PINEnv != "KMSD_HSM_PIN" {
 				t.Errorf("hsm defaults = %q %q", c.HSM.Module, c.HSM.PINEnv)
 			}
-			if c.Cluster.Bootstrap == nil || !*c.Cluster.Bootstrap {
-				t.Error("cluster.bootstrap should default to true")
+			if c.Cluster.Address != "127.0.0.1:7374" || c.Cluster.Advertise != c.Cluster.Address {
+				t.Errorf("cluster address/advertise defaults = %q / %q", c.Cluster.Address, c.Cluster.Advertise)
+			}
+			for _, p := range []string{c.Cluster.TLS.Cert, c.Cluster.TLS.Key, c.Cluster.TLS.CA} {
+				if !filepath.IsAbs(p) || filepath.Dir(p) != filepath.Dir(c.DataDir) {
+					t.Errorf("cluster.tls path %q not resolved against the config's directory", p)
+				}
+			}
+			if len(c.Cluster.Peers) != 0 || c.Cluster.joinPeers() != nil {
+				t.Errorf("peers = %v", c.Cluster.Peers)
 			}
 		}},
+		{name: "cluster peers", extra: `
+cluster:
+  node_id: n2
+  address: 0.0.0.0:7384
+  advertise: 10.0.0.2:7384
+  peers: [10.0.0.1:7374, 10.0.0.2:7384, "node3.example:7394"]
+  tls: {cert: /etc/kmsd/node.crt, key: /etc/kmsd/node.key, ca: /etc/kmsd/ca.crt}
+`, check: func(t *testing.T, c *fileConfig) {
+			if got := c.Cluster.joinPeers(); strings.Join(got, ",") != "10.0.0.1:7374,node3.example:7394" {
+				t.Errorf("joinPeers = %v, want the peers without the own advertise address", got)
+			}
+			if c.Cluster.TLS.CA != "/etc/kmsd/ca.crt" || c.Cluster.Advertise != "10.0.0.2:7384" {
+				t.Errorf("cluster = %+v", c.Cluster)
+			}
+		}},
+		{name: "bootstrap is refused", extra: `
+cluster:
+  node_id: n1
+  bootstrap: true
+  tls: {cert: a, key: b, ca: c}
+`, wantErr: "field bootstrap not found"},
+		{name: "cluster tls is required", extra: `
+cluster:
+  node_id: n1
+`, wantErr: "cluster.tls.cert, cluster.tls.key and cluster.tls.ca are required"},
+		{name: "cluster ca is required", extra: `
+cluster:
+  node_id: n1
+  tls: {cert: a, key: b}
+`, wantErr: "cluster.tls.ca"},
+		{name: "unspecified advertise", extra: `
+cluster:
+  node_id: n1
+  address: 0.0.0.0:7374
+  tls: {cert: a, key: b, ca: c}
+`, wantErr: "cluster.advertise \"0.0.0.0:7374\""},
+		{name: "bad peer", extra: `
+cluster:
+  node_id: n1
+  peers: [10.0.0.1]
+  tls: {cert: a, key: b, ca: c}
+`, wantErr: "cluster.peers: \"10.0.0.1\""},
+		{name: "duplicate peer", extra: `
+cluster:
+  node_id: n1
+  peers: [a:1, a:1]
+  tls: {cert: a, key: b, ca: c}
+`, wantErr: "listed twice"},
+		{name: "bad cluster port", extra: `
+cluster:
+  node_id: n1
+  address: 127.0.0.1:http
+  tls: {cert: a, key: b, ca: c}
+`, wantErr: "cluster.address"},
 		{name: "full KES sections", extra: `
 version: v1
 cache:

@@ -19,11 +19,26 @@ var (
 const usage = `usage: kmsd <command> [flags]
 
 commands:
-  server --config FILE [--addr HOST:PORT]   serve the KES key API over mTLS
-  init --config FILE                        create the root key and seal it under the HSM
-  identity new [flags] [subject]            create a KES API key (kes:v1:...)
-  identity of <api-key | cert.pem>          print the identity of an API key or certificate
-  version                                   print the version
+  server --config FILE [--addr HOST:PORT]    serve the KES key API over mTLS
+  init --config FILE                         on the first node only: create the root key, seal it
+                                             under the HSM; this node then bootstraps the cluster
+  cluster status [--json] --config FILE      role, leader, term, commit/applied index, members
+                                             and their health, failure tolerance
+  cluster remove NODE --config FILE          remove a member
+  cluster transfer [NODE] --config FILE      hand leadership to NODE (default: any other voter)
+  cluster recover --config FILE [--member ID=HOST:PORT ...]
+                                             offline, node stopped: after a permanent loss of
+                                             quorum, force the member set (default: this node)
+  snapshot save FILE --config FILE           save the replicated state (key material stays sealed)
+  snapshot restore FILE --config FILE        replace the cluster's state with a snapshot
+  snapshot verify FILE [--config FILE]       offline: checksum, format, index, counts, root key,
+                                             HSM keys that can unseal it (and whether this node's can)
+  identity new [flags] [subject]             create a KES API key (kes:v1:...)
+  identity of <api-key | cert.pem>           print the identity of an API key or certificate
+  version                                    print the version
+
+The cluster and snapshot commands talk to the local node over the node channel
+(cluster.advertise, with the node certificate from cluster.tls).
 `
 
 func main() {
@@ -40,6 +55,10 @@ func main() {
 		err = runServer(ctx, args)
 	case "init":
 		err = runInit(ctx, args)
+	case "cluster":
+		err = runCluster(ctx, args)
+	case "snapshot":
+		err = runSnapshot(ctx, args)
 	case "identity":
 		err = runIdentity(args)
 	case "version", "--version", "-v":

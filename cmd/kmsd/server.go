@@ -6,6 +6,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -44,12 +45,17 @@ type node struct {
 	keyring atomic.Pointer[seal.Keyring]
 	api     *api.Server
 	tls     tlsReloader
+	ctls    clusterTLS // node channel
 
 	hsmMu sync.Mutex
 	hsm   *hsm.Module
 
 	ctx       context.Context // the server's lifetime
 	unsealing atomic.Bool     // an unsealLoop is running
+
+	// callPeer sends an internal RPC to a member; nil = raft.Call (tests
+	// replace it).
+	callPeer func(ctx context.Context, addr, method, path string, body io.Reader) (*http.Response, error)
 }
 
 func runServer(ctx context.Context, args []string) error {
@@ -134,14 +140,40 @@ func (n *node) openState(ctx context.Context) error {
 	}); err != nil {
 		return err
 	}
-	n.raft, err = cluster.Open(ctx, cluster.Config{
-		NodeID:    cfg.Cluster.NodeID,
-		DataDir:   filepath.Join(cfg.DataDir, "raft"),
-		BindAddr:  cfg.Cluster.Address,
-		Bootstrap: *cfg.Cluster.Bootstrap,
-		Logger:    n.log,
-	}, n.fsm)
-	return err
+	ctls, err := buildClusterTLS(cfg)
+	if err != nil {
+		return err
+	}
+	n.ctls.cur.Store(ctls)
+	// Cluster formation: the node `kmsd init` ran on bootstraps a
+	// single-voter cluster (cluster.Open does so only while raft has no
+	// state); every other node joins through cluster.peers.
+	bootstrap, err := bootstrapMarker(cfg.DataDir)
+	if err != nil {
+		return err
+	}
+	if n.raft, err = cluster.Open(ctx, cluster.Config{
+		NodeID:        cfg.Cluster.NodeID,
+		DataDir:       filepath.Join(cfg.DataDir, "raft"),
+		BindAddr:      cfg.Cluster.Address,
+		AdvertiseAddr: cfg.Cluster.Advertise,
+		Bootstrap:     bootstrap,
+		TLS:           n.ctls.config,
+		Peers:         cfg.Cluster.joinPeers(),
+		RPC:           map[string]http.Handler{rekPath: n.rekHandler()},
+		Logger:        n.log,
+	}, n.fsm); err != nil {
+		return err
+	}
+	if bootstrap && len(n.raft.Status().Members) > 0 {
+		// raft has state now: the marker has done its job, and a later
+		// start must never bootstrap again.
+		if err := os.Remove(filepath.Join(cfg.DataDir, markerFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("data_dir: %w", err)
+		}
+		n.log.Info("kmsd: raft has state; removed the init bootstrap marker", "file", filepath.Join(cfg.DataDir, markerFile))
+	}
+	return nil
 }
 
 func (n *node) apiConfig(cfg *fileConfig, es *api.ErrorStream, reg *prometheus.Registry) api.Config {
@@ -216,8 +248,16 @@ func (n *node) reload(es *api.ErrorStream, reg *prometheus.Registry) {
 		return
 	}
 	old := n.cfg.Load()
+	// Only cluster.tls of the cluster section is reloadable (certificate
+	// rotation); node id, addresses and peers need a restart.
+	clusterTLSFiles := cfg.Cluster.TLS
 	cfg.Address, cfg.DataDir, cfg.Cluster, cfg.HSM = old.Address, old.DataDir, old.Cluster, old.HSM
+	cfg.Cluster.TLS = clusterTLSFiles
 	st, err := buildTLS(cfg)
+	var ctls *tls.Config
+	if err == nil {
+		ctls, err = buildClusterTLS(cfg)
+	}
 	if err == nil {
 		err = n.api.Reload(n.apiConfig(cfg, es, reg))
 	}
@@ -225,7 +265,9 @@ func (n *node) reload(es *api.ErrorStream, reg *prometheus.Registry) {
 		n.log.Error("kmsd: reload rejected, keeping the running configuration", "err", err)
 		return
 	}
-	n.tls.cur.Store(st) // only now: the whole new configuration was accepted
+	// Only now: the whole new configuration was accepted.
+	n.tls.cur.Store(st)
+	n.ctls.cur.Store(ctls)
 	n.cfg.Store(cfg)
 	n.log.Info("kmsd: configuration reloaded")
 	if n.keyring.Load() != nil {

@@ -19,7 +19,7 @@ import (
 // it talks to anyone. It holds no secret in clear.
 const stanzaFile = "seal.stanza"
 
-var errNotInitialised = errors.New("no seal stanza: run `kmsd init` on this node first")
+var errNotInitialised = errors.New("no seal stanza")
 
 func (c *fileConfig) hsmConfig() (hsm.Config, error) {
 	pin, err := c.pin()
@@ -103,6 +103,10 @@ func runInit(ctx context.Context, args []string) error {
 	if _, err := os.Stat(path); err == nil {
 		return fmt.Errorf("init: already initialised (%s exists)", path)
 	}
+	if raftDir := filepath.Join(cfg.DataDir, "raft"); exists(raftDir) {
+		return fmt.Errorf("init: %s exists: this node has already run as a cluster member; "+
+			"init is for the first node of a new cluster only (the other nodes join and receive the root key)", raftDir)
+	}
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return fmt.Errorf("init: %w", err)
 	}
@@ -124,11 +128,22 @@ func runInit(ctx context.Context, args []string) error {
 	if err != nil {
 		return fmt.Errorf("init: %w", err)
 	}
+	// The marker first: a crash before the stanza is written leaves a
+	// marker without a stanza, which the server refuses and init redoes.
+	if err := writeFileAtomic(filepath.Join(cfg.DataDir, markerFile), nil, 0o600); err != nil {
+		return fmt.Errorf("init: %w", err)
+	}
 	if err := writeFileAtomic(path, b, 0o600); err != nil {
 		return fmt.Errorf("init: %w", err)
 	}
 	fmt.Printf("kmsd: initialised: root key %s sealed under HSM key %s (%s)\n", kr.ID(), st.KeyID, st.Mechanism)
+	fmt.Printf("kmsd: this node bootstraps the cluster at its first start; the nodes in cluster.peers then join it and receive the root key\n")
 	return nil
+}
+
+func exists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
 }
 
 // unsealLoop tries to unseal until it succeeds or ctx ends, backing off
@@ -166,10 +181,14 @@ func (n *node) unsealLoop(ctx context.Context) {
 
 // unseal opens the HSM, unwraps the local stanza and checks the REK
 // against the one recorded in the replicated state. A node never serves
-// with a REK it cannot prove.
+// with a REK it cannot prove. A node without a stanza receives the REK
+// from a member instead (join).
 func (n *node) unseal(ctx context.Context) error {
 	cfg := n.cfg.Load()
 	st, err := readStanza(cfg.DataDir)
+	if errors.Is(err, errNotInitialised) {
+		return n.join(ctx)
+	}
 	if err != nil {
 		return err
 	}
@@ -186,6 +205,13 @@ func (n *node) unseal(ctx context.Context) error {
 		mod.Close()
 		return err
 	}
+	return n.install(mod, kr, st)
+}
+
+// install makes kr the node's keyring (and mod its HSM) once kr's REK is
+// the one the replicated state names (or the state names none yet). On
+// error it destroys kr and closes mod.
+func (n *node) install(mod *hsm.Module, kr *seal.Keyring, st seal.Stanza) error {
 	if id, err := n.fsm.REKID(); err != nil || (id != "" && id != kr.ID()) {
 		kr.Destroy()
 		mod.Close()
