@@ -198,25 +198,28 @@ func printStatus(w io.Writer, st cluster.Status) {
 	fmt.Fprintf(tw, "failure tolerance\t%d of %d voters\n", j.FailureTolerance, j.Voters)
 	tw.Flush()
 	fmt.Fprintln(w)
+	// BEHIND compares applied indexes with the most advanced reachable
+	// member, not with the commit index: raft commits entries the FSM
+	// never sees (the no-op of every new term), so commit - applied is
+	// not a lag.
+	var most uint64
+	for _, m := range j.Members {
+		if m.Reachable {
+			most = max(most, m.AppliedIndex)
+		}
+	}
 	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tADDRESS\tSUFFRAGE\tHEALTH\tSTATE\tAPPLIED\tLAG")
+	fmt.Fprintln(tw, "ID\tADDRESS\tSUFFRAGE\tHEALTH\tSTATE\tAPPLIED\tBEHIND\tERROR")
 	for _, m := range j.Members {
 		id := m.ID
 		if m.Leader {
 			id += " *"
 		}
-		health, state, applied, lag := "ok", strings.ToLower(m.State), strconv.FormatUint(m.AppliedIndex, 10), ""
+		health, state, applied, behind := "ok", strings.ToLower(m.State), strconv.FormatUint(m.AppliedIndex, 10), strconv.FormatUint(most-m.AppliedIndex, 10)
 		if !m.Reachable {
-			health, state, applied = "unreachable", "-", "-"
-			if m.Error != "" {
-				lag = m.Error
-			}
-		} else if j.CommitIndex > m.AppliedIndex {
-			lag = strconv.FormatUint(j.CommitIndex-m.AppliedIndex, 10)
-		} else {
-			lag = "0"
+			health, state, applied, behind = "unreachable", "-", "-", "-"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", id, m.Addr, m.Suffrage, health, state, applied, lag)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", id, m.Addr, m.Suffrage, health, state, applied, behind, m.Error)
 	}
 	tw.Flush()
 }
@@ -269,7 +272,9 @@ func clusterTransfer(ctx context.Context, args []string) error {
 	if err := c.Transfer(ctx, addr, target); err != nil {
 		return fmt.Errorf("cluster transfer: %w", err)
 	}
-	if target == "" {
+	if st, err := c.Status(ctx, addr); err == nil && st.Leader != "" {
+		target = st.Leader
+	} else if target == "" {
 		target = "another voter"
 	}
 	fmt.Printf("kmsd: leadership transferred to %s\n", target)

@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/kmsd/kmsd/cluster"
 )
 
 func clusterTLSConfig(cert, key, ca, advertise string) *fileConfig {
@@ -79,5 +81,35 @@ func TestClusterTLSConfigIsACopy(t *testing.T) {
 	a.NextProtos = []string{"x"} // what the cluster package does per connection
 	if b := r.config(); len(b.NextProtos) != 0 || b == a {
 		t.Fatal("config() must return a fresh copy per call")
+	}
+}
+
+func TestPrintStatus(t *testing.T) {
+	st := cluster.Status{
+		NodeID: "node2", State: "Follower", Leader: "node1", LeaderAddr: "10.0.0.1:7374",
+		Term: 4, CommitIndex: 12, AppliedIndex: 10, FailureTolerance: 1,
+		Members: []cluster.Member{
+			{ID: "node1", Addr: "10.0.0.1:7374", Suffrage: "Voter", Health: cluster.Health{Reachable: true, State: "Leader", Applied: 10}},
+			{ID: "node2", Addr: "10.0.0.2:7374", Suffrage: "Voter", Health: cluster.Health{Reachable: true, State: "Follower", Applied: 7}},
+			{ID: "node3", Addr: "10.0.0.3:7374", Suffrage: "Voter", Health: cluster.Health{Err: "connection refused"}},
+		},
+	}
+	var b strings.Builder
+	printStatus(&b, st)
+	for _, want := range []string{
+		"node               node2 (follower)",
+		"leader             node1 (10.0.0.1:7374)",
+		"failure tolerance  1 of 3 voters",
+		"node1 *  10.0.0.1:7374  Voter     ok           leader    10       0",
+		"node2    10.0.0.2:7374  Voter     ok           follower  7        3",
+		"node3    10.0.0.3:7374  Voter     unreachable  -         -        -       connection refused",
+	} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("status output lacks %q:\n%s", want, b.String())
+		}
+	}
+	j := statusJSONOf(st)
+	if j.Voters != 3 || !j.Members[0].Leader || j.Members[2].Reachable || j.Members[2].Error == "" {
+		t.Errorf("json shape: %+v", j)
 	}
 }

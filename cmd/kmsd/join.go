@@ -84,7 +84,11 @@ func (n *node) rekHandler() http.Handler {
 		w.Header().Set("Content-Type", "application/json")
 		w.Header().Set("Cache-Control", "no-store")
 		_, _ = w.Write(b)
-		n.log.Info("kmsd: handed the root key over to a joining node", "peer", peerName(r), "remote", r.RemoteAddr, "rek", kr.ID())
+		attrs := []any{"remote", r.RemoteAddr, "rek", kr.ID()}
+		if p := peerName(r); p != "" {
+			attrs = append(attrs, "peer", p)
+		}
+		n.log.Info("kmsd: handed the root key over to a joining node", attrs...)
 	})
 }
 
