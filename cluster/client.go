@@ -103,7 +103,7 @@ func (c *Client) do(ctx context.Context, addr, method, path string, hdr http.Hea
 		// keep-alive connection the server had already closed.
 		req.Header.Set("Idempotency-Key", "kmsd")
 	}
-	if d, ok := ctx.Deadline(); ok {
+	if d, ok := ctx.Deadline(); ok && req.Header.Get(hdrTimeout) == "" {
 		rem := time.Until(d)
 		rem -= min(rem/10, 250*time.Millisecond) // answer before we give up
 		req.Header.Set(hdrTimeout, strconv.FormatInt(max(rem.Milliseconds(), 1), 10))

@@ -13,7 +13,7 @@ import (
 )
 
 // waitFor polls cond every 10ms until it holds or the deadline passes.
-func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
+func waitFor(t testing.TB, d time.Duration, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(d)
 	for !cond() {
@@ -24,7 +24,7 @@ func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
 	}
 }
 
-func waitReplicated(t *testing.T, index uint64, nodes ...*testNode) {
+func waitReplicated(t testing.TB, index uint64, nodes ...*testNode) {
 	t.Helper()
 	for _, tn := range nodes {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
