@@ -52,7 +52,7 @@ func (n *Node) Apply(ctx context.Context, cmd fsm.Command) (fsm.Result, error) {
 			return err
 		},
 		func(ctx context.Context, addr string) (err error) {
-			res, err = n.client.apply(ctx, addr, b)
+			res, err = n.forwardApply(ctx, addr, b)
 			return err
 		})
 	if err != nil {
@@ -178,7 +178,7 @@ func (n *Node) ReadBarrier(ctx context.Context) error {
 			return err
 		},
 		func(ctx context.Context, addr string) (err error) {
-			index, err = n.client.barrier(ctx, addr)
+			index, err = n.forwardBarrier(ctx, addr)
 			return err
 		})
 	if err != nil {

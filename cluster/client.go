@@ -38,8 +38,8 @@ func NewClient(tlsFn func() *tls.Config) *Client {
 			defer cancel()
 			return dialNode(ctx, c.tlsFn, addr, protoRPC)
 		},
-		MaxIdleConns:        64,
-		MaxIdleConnsPerHost: 8,
+		MaxIdleConns:        256,
+		MaxIdleConnsPerHost: 64, // forwarding under load reuses connections
 		IdleConnTimeout:     90 * time.Second,
 		DisableCompression:  true,
 		ForceAttemptHTTP2:   false,

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
+
+	"github.com/kmsd/kmsd/fsm"
 )
 
 // Backoff between attempts while leadership is unsettled (a follower's
@@ -97,4 +99,54 @@ func (n *Node) onLeader(ctx context.Context, local func(context.Context) error, 
 		}
 		backoff = min(2*backoff, retryMax)
 	}
+}
+
+// errLeaderMoved is the cancellation cause of a forwarded request whose
+// target stopped being the leader in this node's view.
+var errLeaderMoved = errors.New("cluster: leadership moved while the request was in flight")
+
+// whileLeader returns a context that is cancelled (cause errLeaderMoved)
+// as soon as this node learns of a leader other than addr. A request to a
+// leader that died without closing its connections (a lost VM) then ends
+// within an election instead of at the caller's deadline.
+func (n *Node) whileLeader(ctx context.Context, addr string) (context.Context, context.CancelFunc) {
+	cctx, cancel := context.WithCancelCause(ctx)
+	go func() {
+		for {
+			ch := n.leaderChanged()
+			if _, a := n.Leader(); a != "" && a != addr {
+				cancel(errLeaderMoved)
+				return
+			}
+			select {
+			case <-ch:
+			case <-cctx.Done():
+				return
+			}
+		}
+	}()
+	return cctx, func() { cancel(nil) }
+}
+
+// forwardApply sends an encoded command to the leader at addr.
+func (n *Node) forwardApply(ctx context.Context, addr string, b []byte) (fsm.Result, error) {
+	rctx, stop := n.whileLeader(ctx, addr)
+	defer stop()
+	res, err := n.client.apply(rctx, addr, b)
+	if err != nil && errors.Is(context.Cause(rctx), errLeaderMoved) {
+		err = fmt.Errorf("%w (%w)", err, errLeaderMoved)
+	}
+	return res, err
+}
+
+// forwardBarrier asks the leader at addr for its read index. It is a
+// read: a request cut off by a leader change is simply retried.
+func (n *Node) forwardBarrier(ctx context.Context, addr string) (uint64, error) {
+	rctx, stop := n.whileLeader(ctx, addr)
+	defer stop()
+	index, err := n.client.barrier(rctx, addr)
+	if err != nil && errors.Is(context.Cause(rctx), errLeaderMoved) {
+		err = &notSentError{fmt.Errorf("%w (%w)", err, errLeaderMoved)}
+	}
+	return index, err
 }

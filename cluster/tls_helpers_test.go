@@ -244,3 +244,13 @@ func (tn *testNode) wipe() {
 }
 
 func ctxT(t testing.TB) context.Context { return testContext(t, 10*time.Second) }
+
+// snapshotsOf counts the raft snapshots in a node's snapshot store.
+func snapshotsOf(t testing.TB, tn *testNode) int {
+	t.Helper()
+	entries, err := os.ReadDir(filepath.Join(tn.dir, "raft", "snapshots"))
+	if err != nil && !os.IsNotExist(err) {
+		t.Fatal(err)
+	}
+	return len(entries)
+}

@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -61,6 +62,25 @@ func TestTLSCluster(t *testing.T) {
 	if cst, err := cli.Status(ctxT(t), n2.addr); err != nil || cst.NodeID != "n2" || len(cst.Members) != 3 || !cst.Members[0].Health.Reachable {
 		t.Fatalf("Client.Status = %+v, %v", cst, err)
 	}
+
+	// A forwarded request is cut off when the follower learns of another
+	// leader (a lost leader VM never closes its connections).
+	wctx, stop := n2.node.whileLeader(context.Background(), "127.0.0.1:1")
+	select {
+	case <-wctx.Done():
+		if !errors.Is(context.Cause(wctx), errLeaderMoved) {
+			t.Fatalf("cause = %v", context.Cause(wctx))
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("whileLeader did not cancel")
+	}
+	stop()
+	wctx, stop = n2.node.whileLeader(context.Background(), n1.addr)
+	time.Sleep(20 * time.Millisecond)
+	if wctx.Err() != nil {
+		t.Fatal("whileLeader cancelled while the leader did not change")
+	}
+	stop()
 
 	// Writes on followers are forwarded and applied everywhere.
 	const writes = 20
@@ -287,6 +307,9 @@ func TestTLSWipedFollower(t *testing.T) {
 	waitJoined(t, victim)
 	want, _ := leader.fsm.ListKeys("")
 	sameKeys(t, want, victim)
+	if snapshotsOf(t, victim) == 0 {
+		t.Fatal("the wiped follower did not install a snapshot")
+	}
 	if len(want) != 40 {
 		t.Fatalf("keys: %d", len(want))
 	}
@@ -350,6 +373,9 @@ func TestTLSRecover(t *testing.T) {
 	waitJoined(t, fresh)
 	want, _ = survivor.fsm.ListKeys("")
 	sameKeys(t, want, fresh)
+	if snapshotsOf(t, fresh) == 0 {
+		t.Fatal("the fresh node did not install a snapshot")
+	}
 	mustApply(t, fresh.node, &fsm.CreateKey{Key: key("from-fresh", 0x79)}, fsm.CodeOK)
 	if err := fresh.node.ReadBarrier(ctxT(t)); err != nil {
 		t.Fatal(err)
@@ -455,6 +481,10 @@ func TestTLSBadRequests(t *testing.T) {
 	addr := reservePorts(t, 1)[0]
 	n1 := newTLSNode(t, ca, "n1", addr, true, nil, func(c *Config) {
 		c.RPC = map[string]http.Handler{"POST echo": http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.TLS == nil || len(r.TLS.PeerCertificates) == 0 || r.TLS.PeerCertificates[0].Subject.CommonName != "n1" {
+				w.WriteHeader(http.StatusForbidden)
+				return
+			}
 			b, err := io.ReadAll(r.Body)
 			if err != nil {
 				w.WriteHeader(http.StatusRequestEntityTooLarge)
@@ -556,5 +586,43 @@ func TestTLSConfig(t *testing.T) {
 		if _, err := extPattern(k); err != nil {
 			t.Errorf("extPattern(%q): %v", k, err)
 		}
+	}
+}
+
+// TestTLSShutdownLeaks: after a TLS cluster with forwarded traffic, an
+// in-flight join loop and open RPC connections shuts down, the
+// goroutine count returns to where it was.
+func TestTLSShutdownLeaks(t *testing.T) {
+	before := runtime.NumGoroutine()
+	t.Run("cluster", func(t *testing.T) {
+		ca := newTestCA(t, "cluster CA")
+		nodes, addrs := newTLSCluster(t, ca, 2, nil)
+		mustApply(t, nodes[1].node, &fsm.CreateKey{Key: key("a", 1)}, fsm.CodeOK)
+		if err := nodes[1].node.ReadBarrier(ctxT(t)); err != nil {
+			t.Fatal(err)
+		}
+		_ = nodes[0].node.ClusterStatus(ctxT(t))
+		// A node whose join can never succeed (nobody listens there).
+		newTLSNode(t, ca, "lonely", reservePorts(t, 1)[0], false, []string{reservePorts(t, 1)[0]}, nil)
+		// A half-open connection that never handshakes.
+		c, err := net.Dial("tcp", addrs[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+	})
+	var after int
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		after = runtime.NumGoroutine()
+		if after <= before+2 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Logf("goroutines: %d before, %d after", before, after)
+	if after > before+2 {
+		buf := make([]byte, 1<<20)
+		t.Fatalf("goroutines: %d before, %d after\n%s", before, after, buf[:runtime.Stack(buf, true)])
 	}
 }

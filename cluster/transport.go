@@ -28,6 +28,9 @@ const (
 	// maxHandshakes bounds concurrent inbound handshakes; beyond it new
 	// connections are closed at once.
 	maxHandshakes = 256
+	// dialTimeout bounds a TCP connect to a peer (a LAN: a peer that does
+	// not answer in this time is down).
+	dialTimeout = 2 * time.Second
 )
 
 // errNoTLS is returned by node-channel clients when no TLS was configured.
@@ -90,7 +93,7 @@ func dialNode(ctx context.Context, fn func() *tls.Config, addr, proto string) (*
 		return nil, fmt.Errorf("cluster: dial %s: %w", addr, err)
 	}
 	cfg.ServerName = host
-	var d net.Dialer
+	d := net.Dialer{Timeout: dialTimeout, KeepAlive: 15 * time.Second}
 	raw, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("cluster: dial %s: %w", addr, err)
@@ -272,7 +275,7 @@ func (m *mux) handshake(raw net.Conn) {
 		return
 	}
 	// Hand over; the tracked raw conn is closed by Close either way.
-	conn := &trackedConn{Conn: tc, m: m, raw: raw}
+	conn := &trackedConn{Conn: tc, tc: tc, m: m, raw: raw}
 	select {
 	case sub.ch <- conn:
 	case <-sub.done:
@@ -308,13 +311,20 @@ func (m *mux) Close() error {
 	return err
 }
 
-// trackedConn forgets its raw connection when closed.
+// trackedConn forgets its raw connection when closed. It is not a
+// *tls.Conn on purpose: net/http would refuse a *tls.Conn whose ALPN
+// protocol it has no TLSNextProto handler for; through ConnectionState
+// it still fills Request.TLS (the peer's certificates) for handlers.
 type trackedConn struct {
 	net.Conn
+	tc   *tls.Conn
 	m    *mux
 	raw  net.Conn
 	once sync.Once
 }
+
+// ConnectionState returns the TLS state (used by net/http for r.TLS).
+func (c *trackedConn) ConnectionState() tls.ConnectionState { return c.tc.ConnectionState() }
 
 func (c *trackedConn) Close() error {
 	err := c.Conn.Close()
@@ -373,5 +383,5 @@ func (s streamLayer) Dial(addr raft.ServerAddress, timeout time.Duration) (net.C
 		c.Close()
 		return nil, net.ErrClosed
 	}
-	return &trackedConn{Conn: c, m: s.m, raw: c}, nil
+	return &trackedConn{Conn: c, tc: c, m: s.m, raw: c}, nil
 }
