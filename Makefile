@@ -14,18 +14,21 @@ help: ## show this help
 build: ## build bin/kmsd
 	$(GO) build -ldflags "$(LDFLAGS)" -o bin/kmsd ./cmd/kmsd
 
-run: ## start a local kmsd (SoftHSM, certs, config under .kmsd-dev/) and print how to use it
+run: ## start a local three-node kmsd cluster (SoftHSM per node, certs, configs under .kmsd-dev/) and print how to use it
 	scripts/dev.sh up
 
-stop: ## stop the local kmsd started by `make run`
+stop: ## stop the local cluster started by `make run` (state is kept)
 	scripts/dev.sh down
+
+status: ## show the local cluster's nodes: pid, readiness, raft role, term, applied index
+	scripts/dev.sh status
 
 test: ## vet + all tests with the race detector (unit, SoftHSM, real processes, kms-go compat)
 	$(GO) vet ./...
 	$(GO) test -race -count=1 -timeout 15m ./...
 	cd compat && $(GO) vet ./... && $(GO) test -race -count=1 -timeout 15m ./...
 
-bench: ## load-test a dev node against a bare mTLS crypto handler (prints ops/s, p50/p99, RSS, ratio)
+bench: ## benchmark the dev cluster: crypto vs a bare mTLS baseline, creates, one vs three nodes, leader failover (a few minutes)
 	scripts/bench.sh
 
 lint: ## gofmt, go vet, staticcheck
@@ -34,8 +37,8 @@ lint: ## gofmt, go vet, staticcheck
 	$(GO) run $(STATICCHECK) ./...
 	cd compat && $(GO) vet ./... && $(GO) run $(STATICCHECK) ./...
 
-clean: ## stop the dev node and remove build and dev state
+clean: ## stop the dev cluster and remove build and dev state
 	scripts/dev.sh clean
 	rm -rf bin
 
-.PHONY: help build run stop test bench lint clean
+.PHONY: help build run stop status test bench lint clean

@@ -32,6 +32,7 @@ type failoverTrial struct {
 	firstWrite        time.Duration // kill -> first create sent after the kill completes OK
 	firstSent         time.Duration // kill -> when that create was sent
 	afterKill, failed int           // creates sent after the kill; how many failed
+	beforeFailed      int           // creates sent before the kill that failed
 	kinds             map[string]int
 	restart           time.Duration // restart command (until it reported the node ready)
 }
@@ -73,7 +74,7 @@ func cmdFailover(args []string) error {
 	fmt.Printf("failover: %d trial(s); a create every %s round-robin over the surviving nodes, then SIGKILL the leader;\n"+
 		"gap = kill -> first successful create among those sent after the kill.\n", *trials, *interval)
 	var results []*failoverTrial
-	var created []string
+	var created, acked []string
 	defer func() {
 		if !*cleanup || len(created) == 0 {
 			return
@@ -94,8 +95,9 @@ func cmdFailover(args []string) error {
 		if err != nil {
 			return fmt.Errorf("failover: trial %d: %w", t, err)
 		}
-		res, names, err := failoverTrialRun(ctx, o, leader, fmt.Sprintf("%s-%d", *prefix, t), *interval, *timeout)
+		res, names, ok, err := failoverTrialRun(ctx, o, leader, fmt.Sprintf("%s-%d", *prefix, t), *interval, *timeout)
 		created = append(created, names...)
+		acked = append(acked, ok...)
 		if err != nil {
 			return fmt.Errorf("failover: trial %d: %w", t, err)
 		}
@@ -138,21 +140,65 @@ func cmdFailover(args []string) error {
 		fmt.Printf("leader kill -> first successful write: median %s, max %s over %d kill(s)\n",
 			fmtDur(gaps[len(gaps)/2]), fmtDur(gaps[len(gaps)-1]), len(gaps))
 	}
-	fmt.Println("elected = kill -> a surviving node's kmsd_raft_state says leader (polled every 10ms); " +
+	fmt.Println("elected = kill -> a surviving node's kmsd_raft_state says leader (polled every ~10ms, so it can trail the first write); " +
 		"failed = creates sent after the kill that did not succeed / all sent after the kill; " +
 		"restart = the --restart command, until it reported the node ready (includes its own checks).")
+	if *restart != "" {
+		if err := waitReady(ctx, ctl, o.servers, 60*time.Second); err != nil {
+			return fmt.Errorf("failover: %w", err)
+		}
+		return checkAcked(ctx, o, acked)
+	}
 	return nil
 }
 
+// checkAcked describes every acknowledged key on every node: none of the
+// creates that answered 200 may be lost by a leader kill.
+func checkAcked(ctx context.Context, o *clusterOpts, names []string) error {
+	var mu sync.Mutex
+	missing := make(map[string][]string)
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 16)
+	for _, srv := range o.servers {
+		c := o.client()
+		defer c.CloseIdleConnections()
+		for _, n := range names {
+			sem <- struct{}{}
+			wg.Go(func() {
+				defer func() { <-sem }()
+				rctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+				defer cancel()
+				if st, kind := send(rctx, c, http.MethodGet, srv+"/v1/key/describe/"+url.PathEscape(n), nil); st != http.StatusOK {
+					mu.Lock()
+					missing[srv] = append(missing[srv], n+" ("+kind+")")
+					mu.Unlock()
+				}
+			})
+		}
+	}
+	wg.Wait()
+	if len(missing) == 0 {
+		fmt.Printf("acknowledged creates: all %d describe on all %d nodes after the restarts\n", len(names), len(o.servers))
+		return nil
+	}
+	for srv, m := range missing {
+		sort.Strings(m)
+		fmt.Printf("LOST on %s: %d of %d acknowledged keys, e.g. %s\n", srv, len(m), len(names), m[0])
+	}
+	return errors.New("failover: acknowledged creates are missing")
+}
+
 // failoverTrialRun measures one kill of the leader (index leader).
-func failoverTrialRun(ctx context.Context, o *clusterOpts, leader int, prefix string, interval, timeout time.Duration) (*failoverTrial, []string, error) {
+// It returns the trial, the names of every create it sent and of those
+// that were acknowledged (200).
+func failoverTrialRun(ctx context.Context, o *clusterOpts, leader int, prefix string, interval, timeout time.Duration) (*failoverTrial, []string, []string, error) {
 	pid, err := readPIDFile(o.pidFiles[leader])
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	comm, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
 	if err != nil || strings.TrimSpace(string(comm)) != "kmsd" {
-		return nil, nil, fmt.Errorf("pid %d from %s is not a running kmsd", pid, o.pidFiles[leader])
+		return nil, nil, nil, fmt.Errorf("pid %d from %s is not a running kmsd", pid, o.pidFiles[leader])
 	}
 	var survivors []string
 	for i, s := range o.servers {
@@ -241,7 +287,7 @@ func failoverTrialRun(ctx context.Context, o *clusterOpts, leader int, prefix st
 	// Writes must work before the kill.
 	if err := sleepCtx(ctx, 300*time.Millisecond); err != nil {
 		finish()
-		return nil, names(), err
+		return nil, names(), nil, err
 	}
 	mu.Lock()
 	okBefore := 0
@@ -253,7 +299,7 @@ func failoverTrialRun(ctx context.Context, o *clusterOpts, leader int, prefix st
 	mu.Unlock()
 	if okBefore == 0 {
 		finish()
-		return nil, names(), errors.New("no create succeeded before the kill")
+		return nil, names(), nil, errors.New("no create succeeded before the kill")
 	}
 
 	// Watch the survivors' raft state from the kill on.
@@ -273,7 +319,7 @@ func failoverTrialRun(ctx context.Context, o *clusterOpts, leader int, prefix st
 	mu.Unlock()
 	if err != nil {
 		finish()
-		return nil, names(), fmt.Errorf("kill %d: %w", pid, err)
+		return nil, names(), nil, fmt.Errorf("kill %d: %w", pid, err)
 	}
 	go func() {
 		for {
@@ -313,9 +359,19 @@ func failoverTrialRun(ctx context.Context, o *clusterOpts, leader int, prefix st
 	mu.Lock()
 	defer mu.Unlock()
 	var first *attempt
+	var acked []string
 	for i := range attempts {
 		a := &attempts[i]
+		if a.status == http.StatusOK {
+			acked = append(acked, a.name)
+		}
 		if a.sent.Before(killAt) {
+			if a.status != http.StatusOK {
+				res.beforeFailed++
+				if len(res.kinds) < maxErrorKinds {
+					res.kinds["(sent before the kill) "+a.kind]++
+				}
+			}
 			continue
 		}
 		res.afterKill++
@@ -335,13 +391,13 @@ func failoverTrialRun(ctx context.Context, o *clusterOpts, leader int, prefix st
 		all = append(all, a.name)
 	}
 	if first == nil {
-		return nil, all, fmt.Errorf("no create succeeded within %s after killing the leader %s", timeout, o.servers[leader])
+		return nil, all, acked, fmt.Errorf("no create succeeded within %s after killing the leader %s", timeout, o.servers[leader])
 	}
 	res.firstWrite, res.firstSent = first.done.Sub(killAt), first.sent.Sub(killAt)
 	if skipped > 0 {
 		res.kinds[fmt.Sprintf("(not sent: %d ticks skipped, 128 creates in flight)", skipped)] = 0
 	}
-	return res, all, nil
+	return res, all, acked, nil
 }
 
 func printTrial(t int, r *failoverTrial) {
@@ -353,6 +409,9 @@ func printTrial(t int, r *failoverTrial) {
 		fmt.Printf("; new leader %s", r.newLeader)
 	}
 	fmt.Printf("; %d of %d creates sent after the kill failed", r.failed, r.afterKill)
+	if r.beforeFailed > 0 {
+		fmt.Printf(" (and %d sent before it)", r.beforeFailed)
+	}
 	if r.restart > 0 {
 		fmt.Printf("; restart took %s", r.restart.Round(100*time.Millisecond))
 	}
