@@ -17,21 +17,37 @@ const (
 	memberPoll     = 50 * time.Millisecond
 )
 
-// startJoin closes Joined at once for a member, or starts the join loop
-// for a node without raft state that has peers and does not bootstrap.
+// startJoin closes Joined at once for a member; otherwise it starts the
+// join loop (a node without raft state that has peers and does not
+// bootstrap) or a membership watch.
 func (n *Node) startJoin() {
 	if n.isMember() {
 		n.markJoined()
 		return
 	}
+	n.joinDone = make(chan struct{})
 	if n.hadState || n.cfg.Bootstrap || len(n.cfg.Peers) == 0 || n.mux == nil {
 		if !n.hadState && !n.cfg.Bootstrap {
-			n.log.Warn("no raft state and nothing to join: waiting to be added by the leader")
+			n.log.Warn("no raft state and no peers to join through: waiting to be added by the leader")
 		}
+		go n.watchMembership()
 		return
 	}
-	n.joinDone = make(chan struct{})
 	go n.joinLoop()
+}
+
+// watchMembership closes Joined once the node is added by other means
+// (AddVoter on the leader), polling until then or Shutdown.
+func (n *Node) watchMembership() {
+	defer close(n.joinDone)
+	for !n.isMember() {
+		select {
+		case <-time.After(5 * memberPoll):
+		case <-n.baseCtx.Done():
+			return
+		}
+	}
+	n.markJoined()
 }
 
 func (n *Node) markJoined() { n.joinedOnce.Do(func() { close(n.joined) }) }

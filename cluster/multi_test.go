@@ -52,6 +52,9 @@ func TestThreeNodes(t *testing.T) {
 			t.Fatalf("%s: WaitLeader: %v", tn.id, err)
 		}
 	}
+	for _, tn := range all {
+		waitJoined(t, tn) // added by AddVoter: the membership watch sees it
+	}
 	if st := n1.node.Status(); len(st.Members) != 3 || st.FailureTolerance != 1 {
 		t.Fatalf("Status = %+v", st)
 	}

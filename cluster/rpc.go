@@ -216,9 +216,13 @@ func (n *Node) serveJoin(ctx context.Context, w http.ResponseWriter, r *http.Req
 		return
 	}
 	var err error
-	if forwarded(r) {
+	switch {
+	case forwarded(r):
 		err = n.addVoterLocal(ctx, req.ID, req.Addr)
-	} else {
+	case req.ID == n.cfg.NodeID:
+		// A joiner whose peer list names itself under another address.
+		err = fmt.Errorf("%w: node %q cannot join through itself", ErrInvalidArgument, req.ID)
+	default:
 		err = n.AddVoter(ctx, req.ID, req.Addr)
 	}
 	if err != nil {
