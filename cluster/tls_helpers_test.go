@@ -127,6 +127,22 @@ func (b *logBuffer) contains(s string) bool {
 	return strings.Contains(b.buf.String(), s)
 }
 
+// line reports whether one log line contains all of subs.
+func (b *logBuffer) line(subs ...string) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for _, l := range strings.Split(b.buf.String(), "\n") {
+		ok := true
+		for _, s := range subs {
+			ok = ok && strings.Contains(l, s)
+		}
+		if ok {
+			return true
+		}
+	}
+	return false
+}
+
 func (b *logBuffer) logger() *slog.Logger {
 	var w io.Writer = b
 	if os.Getenv("KMSD_TEST_LOG") != "" {

@@ -28,7 +28,8 @@ func TestTLSCluster(t *testing.T) {
 	addrs := reservePorts(t, 3)
 
 	// n2 starts first: nobody is up, its join attempts fail and it retries.
-	n2 := newTLSNode(t, ca, "n2", addrs[1], false, addrs, nil)
+	var n2logs logBuffer
+	n2 := newTLSNode(t, ca, "n2", addrs[1], false, addrs, func(c *Config) { c.Logger = n2logs.logger() })
 	time.Sleep(700 * time.Millisecond) // ≥ 2 attempts (250 ms, then ~500 ms backoff)
 	select {
 	case <-n2.node.Joined():
@@ -38,8 +39,12 @@ func TestTLSCluster(t *testing.T) {
 	n1 := newTLSNode(t, ca, "n1", addrs[0], true, addrs, nil)
 	n1.waitLeader()
 	waitJoined(t, n2)
-	n3 := newTLSNode(t, ca, "n3", addrs[2], false, addrs, nil)
+	// n3 asks the follower n2 first, which forwards the join to n1.
+	n3 := newTLSNode(t, ca, "n3", addrs[2], false, []string{addrs[2], addrs[1], addrs[0]}, nil)
 	waitJoined(t, n3)
+	if !n2logs.line(`msg="node joined"`, "id=n3") {
+		t.Fatal("n3 did not join through n2")
+	}
 	all := []*testNode{n1, n2, n3}
 	for _, tn := range all {
 		if err := tn.node.WaitLeader(ctxT(t)); err != nil {
