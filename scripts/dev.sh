@@ -237,6 +237,15 @@ pid_of() {
 }
 running() { [[ -n "$(pid_of "$1")" ]]; }
 
+# alive NODE: is the process in the pid file there? Right after start the
+# pid is still the forked shell or setsid about to exec kmsd, so this is
+# what wait_ready checks; pid_of verifies the command line too.
+alive() {
+	local pid
+	pid="$(cat "$DEV/$1.pid" 2>/dev/null || true)"
+	[[ $pid =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null && [[ "$(cut -d' ' -f3 "/proc/$pid/stat" 2>/dev/null)" != Z ]]
+}
+
 # has_state NODE: does the node have any data (raft state, stanza, marker)?
 has_state() {
 	local d="$DEV/$1/data"
@@ -305,7 +314,7 @@ wait_ready() {
 	while ((${#pending[@]} > 0)); do
 		left=()
 		for n in "${pending[@]}"; do
-			running "$n" || fail_node "$n" "exited"
+			alive "$n" || fail_node "$n" "exited"
 			if ready "$n"; then
 				log "$n is ready ($(api_url "$n"))"
 			else
