@@ -335,7 +335,8 @@ wait_ready() {
 
 # metric NODE NAME: one kmsd_* sample from the node's /v1/metrics.
 metric() {
-	curl_admin "$(api_url "$1")/v1/metrics" 2>/dev/null | awk -v m="$2" '$1 == m {print $2; exit}'
+	# awk reads everything (no early exit): curl must not fail on a closed pipe.
+	{ curl_admin "$(api_url "$1")/v1/metrics" 2>/dev/null || true; } | awk -v m="$2" '$1 == m {v = $2} END {print v}'
 }
 
 role_name() {
