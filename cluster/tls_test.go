@@ -477,6 +477,17 @@ func TestTLSForeignCA(t *testing.T) {
 	if _, err := (streamLayer{n1.node.mux.raft}).Dial(raft.ServerAddress(fnode.addr), time.Second); err == nil {
 		t.Fatal("raft dial to the foreign node succeeded")
 	}
+	// The foreign node's raft dialing n1: TLS 1.3 again fails on the
+	// first read at the latest.
+	if c, err := (streamLayer{fnode.node.mux.raft}).Dial(raft.ServerAddress(n1.addr), time.Second); err == nil {
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		_, _ = c.Write([]byte{0})
+		_, err = c.Read(make([]byte, 1))
+		c.Close()
+		if err == nil {
+			t.Fatal("foreign raft connection accepted")
+		}
+	}
 }
 
 // TestTLSBadRequests: malformed RPCs get error codes, never a panic or

@@ -379,9 +379,10 @@ func (s streamLayer) Dial(addr raft.ServerAddress, timeout time.Duration) (net.C
 	if err != nil {
 		return nil, err
 	}
-	if !s.m.track(c) {
-		c.Close()
+	raw := c.NetConn() // closing it never blocks on a close_notify
+	if !s.m.track(raw) {
+		raw.Close()
 		return nil, net.ErrClosed
 	}
-	return &trackedConn{Conn: c, tc: c, m: s.m, raw: c}, nil
+	return &trackedConn{Conn: c, tc: c, m: s.m, raw: raw}, nil
 }
