@@ -218,8 +218,9 @@ func (c ctxReader) Read(p []byte) (int, error) {
 // raft's user restore, which replicates it to every member.
 //
 // Restore is for disaster recovery: writes in flight are aborted, and a
-// follower that has not installed the restored snapshot yet may serve the
-// old state until it does (usually within a heartbeat).
+// follower that has not installed the restored snapshot yet serves the old
+// state until it does (usually within a heartbeat); its read barrier
+// waits for it.
 func (n *Node) Restore(ctx context.Context, r io.Reader) error {
 	return n.restore(ctx, r, false)
 }
@@ -242,15 +243,28 @@ func (n *Node) restore(ctx context.Context, r io.Reader, localOnly bool) error {
 	if localOnly {
 		return local(ctx)
 	}
-	return n.onLeader(ctx, local, func(ctx context.Context, leader string) error {
+	remote := func(ctx context.Context, leader string) error {
 		f, err := os.Open(path)
 		if err != nil {
 			return fmt.Errorf("cluster: restore: %w", err)
 		}
 		defer f.Close()
 		return n.client.restore(ctx, leader, f, true)
-	})
+	}
+	// Restoring the same snapshot again is harmless, so an attempt with an
+	// unknown outcome (typically: leadership lost while the restored state
+	// was being committed, which may undo it) is run again, a few times.
+	for attempt := 1; ; attempt++ {
+		err = n.onLeader(ctx, local, remote)
+		if !errors.Is(err, ErrUnknownOutcome) || attempt == restoreAttempts || ctx.Err() != nil {
+			return err
+		}
+		n.log.Warn("restore: outcome unknown; restoring again", "attempt", attempt, "error", err)
+	}
 }
+
+// restoreAttempts bounds Restore's attempts after unknown outcomes.
+const restoreAttempts = 3
 
 // spool copies r into a temporary file under DataDir, verifying it.
 func (n *Node) spool(ctx context.Context, r io.Reader) (string, fsm.SnapshotInfo, int64, error) {
@@ -313,6 +327,7 @@ func (n *Node) restoreLocal(ctx context.Context, path string, info fsm.SnapshotI
 	case err == nil:
 		n.log.Warn("restored a snapshot: the cluster's state was replaced",
 			"snapshot_index", info.Index, "keys", info.Keys, "stanzas", info.Stanzas, "rek_id", info.REKID)
+		n.markRestore(ctx)
 		return nil
 	case errors.Is(err, raft.ErrNotLeader):
 		return n.notLeader()
@@ -324,6 +339,26 @@ func (n *Node) restoreLocal(ctx context.Context, path string, info fsm.SnapshotI
 		return fmt.Errorf("%w: restore: %w", ErrUnknownOutcome, err)
 	}
 	return fmt.Errorf("cluster: restore: %w", err)
+}
+
+// markRestore commits one entry the FSM sees right after a restore. The
+// restored FSM's applied index is the snapshot header's, which may be
+// below what a follower that has not installed the snapshot yet had
+// applied; the read index the leader hands out would then let that
+// follower pass a barrier with its old state. Once an entry after the
+// restore is applied, the read index is above the restore point and a
+// follower must install the snapshot to reach it. The entry is a
+// DeleteKey with an empty name: the FSM rejects it as invalid without
+// touching the state (only the applied index moves). Best effort: the
+// next write has the same effect.
+func (n *Node) markRestore(ctx context.Context) {
+	b, err := fsm.Encode(&fsm.DeleteKey{})
+	if err == nil {
+		_, err = n.applyLocal(ctx, b)
+	}
+	if err != nil {
+		n.log.Warn("restore: could not commit the post-restore marker; read barriers on lagging followers may pass with the old state until the next write", "error", err)
+	}
 }
 
 // Recover rewrites the raft configuration of a stopped node to exactly

@@ -271,7 +271,10 @@ func (c *Client) restore(ctx context.Context, addr string, r io.Reader, forwarde
 	hdr.Set("Content-Type", "application/octet-stream")
 	resp, _, err := c.do(ctx, addr, http.MethodPost, pathRestore, hdr, io.NopCloser(r))
 	if err != nil {
-		return err
+		if isNotSent(err) {
+			return err
+		}
+		return fmt.Errorf("%w: %w", ErrUnknownOutcome, err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode/100 != 2 {
