@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -54,6 +55,15 @@ func TestThreeNodes(t *testing.T) {
 	}
 	for _, tn := range all {
 		waitJoined(t, tn) // added by AddVoter: the membership watch sees it
+	}
+	// Without a node channel the health probes cannot run.
+	for _, m := range n1.node.ClusterStatus(testContext(t, 5*time.Second)).Members {
+		if m.ID != "n1" && (m.Health.Reachable || !strings.Contains(m.Health.Err, "TLS")) {
+			t.Fatalf("plain-mode health of %s: %+v", m.ID, m.Health)
+		}
+	}
+	if len(n2.node.Members()) != 3 {
+		t.Fatalf("Members = %+v", n2.node.Members())
 	}
 	if st := n1.node.Status(); len(st.Members) != 3 || st.FailureTolerance != 1 {
 		t.Fatalf("Status = %+v", st)

@@ -68,6 +68,13 @@ func (n *Node) Status() Status {
 	return s
 }
 
+// Members returns the servers in the raft configuration (nil if it
+// cannot be read, e.g. after Shutdown).
+func (n *Node) Members() []Member {
+	m, _ := n.members()
+	return m
+}
+
 func (n *Node) members() ([]Member, int) {
 	fut := n.raft.GetConfiguration()
 	if err := fut.Error(); err != nil {
