@@ -76,6 +76,13 @@ type Config struct {
 	LeaderLeaseTimeout time.Duration // default 100ms
 	CommitTimeout      time.Duration // default 10ms
 
+	// LeaderWait bounds how long a write or a follower read barrier waits
+	// for a leader to be elected once none is known (default 3s). An
+	// election takes well under a second; a node that has had no leader
+	// for longer has most likely lost quorum and answers ErrNoLeader at
+	// once, so clients move to another node instead of hanging.
+	LeaderWait time.Duration
+
 	SnapshotThreshold uint64        // entries between snapshots; default 8192
 	SnapshotInterval  time.Duration // how often to check; default 2m
 	TrailingLogs      uint64        // entries kept after a snapshot; default 10240
@@ -89,6 +96,7 @@ func DefaultConfig() Config {
 		ElectionTimeout:    200 * time.Millisecond,
 		LeaderLeaseTimeout: 100 * time.Millisecond,
 		CommitTimeout:      10 * time.Millisecond,
+		LeaderWait:         3 * time.Second,
 		SnapshotThreshold:  8192,
 		SnapshotInterval:   2 * time.Minute,
 		TrailingLogs:       10240,
@@ -107,6 +115,7 @@ func (c Config) withDefaults() Config {
 	setDur(&c.ElectionTimeout, d.ElectionTimeout)
 	setDur(&c.LeaderLeaseTimeout, d.LeaderLeaseTimeout)
 	setDur(&c.CommitTimeout, d.CommitTimeout)
+	setDur(&c.LeaderWait, d.LeaderWait)
 	setDur(&c.SnapshotInterval, d.SnapshotInterval)
 	if c.SnapshotThreshold == 0 {
 		c.SnapshotThreshold = d.SnapshotThreshold

@@ -74,11 +74,8 @@ func (n *Node) onLeader(ctx context.Context, local func(context.Context) error, 
 		} else if n.mux == nil {
 			return n.notLeader()
 		} else if _, addr := n.Leader(); addr == "" {
-			if err := n.WaitLeader(ctx); err != nil {
-				if errors.Is(err, ErrShutdown) {
-					return ErrShutdown
-				}
-				return fmt.Errorf("%w: %w", ErrNoLeader, ctx.Err())
+			if err := n.waitElection(ctx); err != nil {
+				return err
 			}
 			continue
 		} else if addr == string(n.mux.adv) {
@@ -149,4 +146,30 @@ func (n *Node) forwardBarrier(ctx context.Context, addr string) (uint64, error) 
 		err = &notSentError{fmt.Errorf("%w (%w)", err, errLeaderMoved)}
 	}
 	return index, err
+}
+
+// waitElection waits for a leader while none is known, but only until
+// Config.LeaderWait has passed since this node lost sight of one: an
+// election takes well under a second, so a node leaderless for longer has
+// most likely lost quorum and answers ErrNoLeader at once (a 503 at the
+// API), letting the client move on instead of hanging until its deadline.
+func (n *Node) waitElection(ctx context.Context) error {
+	now := time.Now()
+	n.leaderless.CompareAndSwap(0, now.UnixNano()) // an observation may have been dropped
+	left := n.cfg.LeaderWait - now.Sub(time.Unix(0, n.leaderless.Load()))
+	if left <= 0 {
+		return fmt.Errorf("%w: none elected for over %s", ErrNoLeader, n.cfg.LeaderWait)
+	}
+	wctx, cancel := context.WithTimeout(ctx, left)
+	defer cancel()
+	if err := n.WaitLeader(wctx); err != nil {
+		if errors.Is(err, ErrShutdown) {
+			return ErrShutdown
+		}
+		if ctx.Err() != nil {
+			return fmt.Errorf("%w: %w", ErrNoLeader, ctx.Err())
+		}
+		return fmt.Errorf("%w: none elected within %s", ErrNoLeader, n.cfg.LeaderWait)
+	}
+	return nil
 }

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -44,7 +45,10 @@ type Node struct {
 	observer *raft.Observer
 	leaderMu sync.Mutex
 	leaderCh chan struct{} // closed and replaced on every leader change
-	done     chan struct{} // closed by Shutdown once raft stopped
+	// leaderless is when this node last lost sight of a leader (unix
+	// nanoseconds), 0 while one is known. Set at Open (no leader yet).
+	leaderless atomic.Int64
+	done       chan struct{} // closed by Shutdown once raft stopped
 
 	// Node channel (nil without Config.TLS).
 	mux      *mux
@@ -91,6 +95,7 @@ func Open(ctx context.Context, cfg Config, f *fsm.FSM) (*Node, error) {
 		done:     make(chan struct{}),
 		joined:   make(chan struct{}),
 	}
+	n.leaderless.Store(time.Now().UnixNano())
 	n.baseCtx, n.cancelBase = context.WithCancel(context.Background())
 	if err := n.open(); err != nil {
 		n.cancelBase()
@@ -236,6 +241,11 @@ func (n *Node) watchLeader() {
 		for {
 			select {
 			case <-ch:
+				if id, _ := n.Leader(); id != "" {
+					n.leaderless.Store(0)
+				} else if n.leaderless.Load() == 0 {
+					n.leaderless.Store(time.Now().UnixNano())
+				}
 				n.leaderMu.Lock()
 				close(n.leaderCh)
 				n.leaderCh = make(chan struct{})

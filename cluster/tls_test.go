@@ -345,6 +345,14 @@ func TestTLSRecover(t *testing.T) {
 	if !errors.Is(err, ErrUnknownOutcome) && !errors.Is(err, ErrNoLeader) || errors.Is(err, ErrNotLeader) {
 		t.Fatalf("Apply without quorum = %v", err)
 	}
+	// Leaderless for longer than LeaderWait: a write answers ErrNoLeader
+	// on its own, long before the caller's generous deadline.
+	ctx, cancel = context.WithTimeout(context.Background(), 30*time.Second)
+	_, err2 := survivor.node.Apply(ctx, &fsm.CreateKey{Key: key("no-quorum-2", 0x76)})
+	cancel()
+	if !errors.Is(err2, ErrNoLeader) || errors.Is(err2, context.DeadlineExceeded) {
+		t.Fatalf("Apply without quorum, 30 s deadline = %v; want ErrNoLeader from LeaderWait", err2)
+	}
 	want, _ := survivor.fsm.ListKeys("")
 	if errors.Is(err, ErrUnknownOutcome) {
 		// It reached the survivor's log: recovery commits it (documented).
