@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
 	"time"
 )
@@ -109,6 +110,18 @@ func TestFindLeader(t *testing.T) {
 	}
 }
 
+func TestRotate(t *testing.T) {
+	s := []string{"a", "b", "c"}
+	for i, want := range []string{"abc", "bca", "cab", "abc"} {
+		if got := strings.Join(rotate(s, i), ""); got != want {
+			t.Errorf("rotate(abc, %d) = %s, want %s", i, got, want)
+		}
+	}
+	if strings.Join(s, "") != "abc" {
+		t.Error("rotate changed its argument")
+	}
+}
+
 func TestForwardedClients(t *testing.T) {
 	for _, c := range []struct{ n, nodes, leader, want int }{
 		{1, 3, 0, 0}, {1, 3, 1, 1}, {64, 3, 0, 42}, {64, 3, 1, 43}, {64, 3, 2, 43},
@@ -116,5 +129,36 @@ func TestForwardedClients(t *testing.T) {
 		if got := forwardedClients(c.n, c.nodes, c.leader); got != c.want {
 			t.Errorf("forwardedClients(%d, %d, %d) = %d, want %d", c.n, c.nodes, c.leader, got, c.want)
 		}
+	}
+}
+
+// TestPacedLoad: a paced run never sends more than its schedule allows
+// (an upper bound only: a slow machine may send fewer).
+func TestPacedLoad(t *testing.T) {
+	certFile, keyFile, err := writeThrowawayCert(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	serverCert, _ := tls.LoadX509KeyPair(certFile, keyFile)
+	pool, _ := loadCAPool(certFile)
+	clientCert, _ := clientCertificate("kes:v1:AD9E7FSYWrMD+VjhI6q545cYT9YOyFxZb7UnjEepYDRc")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	addr, _, err := startBaseline(ctx, "127.0.0.1:0", serverCert)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := loadConfig{
+		Server: "https://" + addr.String(), RootCAs: pool, ClientCert: clientCert,
+		Key: "bench-paced", Op: "create", HTTP: 2, Clients: 4, Rate: 100,
+		Warmup: 0, Duration: 400 * time.Millisecond, MaxOps: 100_000,
+	}
+	res, err := runLoad(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// 100/s for 0.4 s: at most 40 scheduled starts, plus one per client at the edge.
+	if res.Errors != 0 || res.Ops > 44 || len(res.Created) > 44 {
+		t.Fatalf("paced at 100/s for 400ms: ops=%d created=%d errors=%d", res.Ops, len(res.Created), res.Errors)
 	}
 }

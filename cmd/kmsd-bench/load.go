@@ -44,6 +44,12 @@ type loadConfig struct {
 	MaxOps   int   // upper bound on requests per run, over all clients
 	PID      int   // server process to observe; 0 = none
 	PIDs     []int // if set, replaces PID: CPU and memory are summed
+	// Rate, if > 0, paces the clients to this many requests per second
+	// in total (each client at Rate/Clients, staggered). A request's
+	// latency is then measured from its scheduled start, so a server
+	// that falls behind the schedule is charged for the wait
+	// (no coordinated omission).
+	Rate float64
 }
 
 // servers returns the endpoints clients are spread over.
@@ -419,8 +425,18 @@ func (l *loader) run(ctx context.Context, warmup, duration time.Duration) (*load
 		checked := &l.checked[i]
 		target := l.bases[i] + l.path
 		wg.Go(func() {
+			var interval time.Duration
+			var next time.Time
+			if cfg.Rate > 0 {
+				interval = time.Duration(float64(time.Second) * float64(cfg.Clients) / cfg.Rate)
+				next = start.Add(interval * time.Duration(i) / time.Duration(cfg.Clients))
+			}
 			for n := 0; n < perClient; n++ {
 				t0 := time.Now()
+				if interval > 0 {
+					sleepUntil(reqCtx, next)
+					t0, next = next, next.Add(interval)
+				}
 				if !t0.Before(end) {
 					return
 				}

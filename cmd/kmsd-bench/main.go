@@ -113,6 +113,7 @@ func cmdLoad(args []string) error {
 	proto := fs.Int("http", 2, "HTTP version: 1 (HTTP/1.1) or 2")
 	pid := fs.Int("pid", 0, "server pid, for its RSS and CPU time")
 	maxOps := fs.Int("max-ops", 50_000_000, "stop after this many requests over all clients")
+	rate := fs.Float64("rate", 0, "pace all clients together to this many requests/s (latency from the scheduled start); 0 = closed loop")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -132,7 +133,7 @@ func cmdLoad(args []string) error {
 	cfg := loadConfig{
 		Server: strings.TrimRight(*server, "/"), ServerName: *serverName, RootCAs: pool, ClientCert: cert,
 		Key: *key, Op: *op, HTTP: *proto, Clients: *clients, Warmup: *warmup, Duration: *duration,
-		MaxOps: *maxOps, PID: *pid,
+		MaxOps: *maxOps, PID: *pid, Rate: *rate,
 	}
 	if cfg.Op != "create" {
 		c := newHTTPClient(&cfg)
