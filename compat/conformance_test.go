@@ -102,7 +102,8 @@ func newSuite(t *testing.T) *suite {
 
 // TestConformance runs spec/kes-api.md §16 items 1-47 (those observable on a
 // single node with default TLS settings) plus the MinIO flow (item 51).
-// Items 3, 4 and 41 live in TestTLSAuthOn, TestSkipAuth and TestSealedNode.
+// Items 3, 4 and 41 live in TestTLSAuthOn, TestSkipAuth and TestSealedNode,
+// item 32 in TestCluster/Item32Replication.
 func TestConformance(t *testing.T) {
 	t.Parallel()
 	s := newSuite(t)
@@ -140,7 +141,6 @@ func TestConformance(t *testing.T) {
 		{"item29_legacy_vectors", item29},
 		{"item30_reference_crypto", item30},
 		{"item31_hmac", item31},
-		{"item32_replication", item32},
 		{"item33_version_fields_ignored", item33},
 		{"item34_policy_describe_read", item34},
 		{"item35_policy_list", item35},
@@ -1379,9 +1379,8 @@ func item31(t *testing.T, s *suite) {
 	wantError(t, s.rawAdmin.do(t, "PUT", "/v1/key/hmac/"+presetKey, []byte(`{bad`)), 400, "invalid request body")
 }
 
-func item32(t *testing.T, s *suite) {
-	t.Skip("item 32 (replicas agree on HMAC/ciphertexts) needs a multi-node cluster; the join contract is not defined for this suite yet")
-}
+// Item 32 (replicas agree on HMAC, ciphertexts and DEKs) needs several
+// nodes: TestCluster/Item32Replication (cluster_test.go).
 
 func item33(t *testing.T, s *suite) {
 	ctx := ctxT(t)

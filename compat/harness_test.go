@@ -149,6 +149,90 @@ type testPKI struct {
 
 	serverCertPEM []byte
 	serverKeyPEM  []byte
+
+	// cluster is the node-channel CA (cluster.tls.ca), distinct from the
+	// API CA above: the only CA a node trusts on its cluster port.
+	cluster *certAuthority
+}
+
+// certAuthority is a CA for the node channel. Node certificates carry the
+// IP SAN 127.0.0.1 (the advertise host) and both serverAuth and clientAuth.
+type certAuthority struct {
+	name string
+	cert *x509.Certificate
+	key  crypto.Signer
+	pem  []byte
+	pool *x509.CertPool
+}
+
+func newCA(cn string) (*certAuthority, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	now := time.Now()
+	tmpl := &x509.Certificate{
+		SerialNumber:          serial(),
+		Subject:               pkix.Name{CommonName: cn},
+		NotBefore:             now.Add(-time.Hour),
+		NotAfter:              now.Add(24 * time.Hour),
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+	if err != nil {
+		return nil, err
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, err
+	}
+	ca := &certAuthority{
+		name: cn,
+		cert: cert,
+		key:  key,
+		pem:  pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
+		pool: x509.NewCertPool(),
+	}
+	ca.pool.AddCert(cert)
+	return ca, nil
+}
+
+// nodeCert issues a node-channel certificate for node cn.
+func (ca *certAuthority) nodeCert(t testing.TB, cn string) (certPEM, keyPEM []byte, cert tls.Certificate) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	tmpl := &x509.Certificate{
+		SerialNumber:          serial(),
+		Subject:               pkix.Name{CommonName: cn},
+		NotBefore:             now.Add(-time.Hour),
+		NotAfter:              now.Add(24 * time.Hour),
+		KeyUsage:              x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+		BasicConstraintsValid: true,
+		DNSNames:              []string{"localhost"},
+		IPAddresses:           []net.IP{net.ParseIP("127.0.0.1")},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, key.Public(), ca.key)
+	if err != nil {
+		t.Fatalf("issue node certificate: %v", err)
+	}
+	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	certPEM = pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
+	keyPEM = pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})
+	cert, err = tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return certPEM, keyPEM, cert
 }
 
 func getPKI(t testing.TB) *testPKI {
@@ -225,6 +309,9 @@ func newPKI() (*testPKI, error) {
 	}
 	p.serverCertPEM = pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srvDER})
 	p.serverKeyPEM = pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: srvKeyDER})
+	if p.cluster, err = newCA("kmsd compat cluster CA"); err != nil {
+		return nil, err
+	}
 	return p, nil
 }
 
@@ -323,6 +410,18 @@ type nodeOptions struct {
 	// ProbeCert is the client certificate used by the harness to wait for the
 	// node; it must authenticate as the admin. Default: the admin API key cert.
 	ProbeCert *tls.Certificate
+
+	// Cluster settings. Addr and ClusterAddr pre-assign the API and node
+	// channel addresses (default: free loopback ports); Peers is
+	// cluster.peers (default: the node's own cluster address, i.e. a
+	// single-node cluster); Join skips `kmsd init`, so the node has no
+	// bootstrap marker and joins through Peers; ClusterCA signs the node
+	// certificate and is the only CA it trusts (default: the test PKI's
+	// cluster CA).
+	Addr, ClusterAddr string
+	Peers             []string
+	Join              bool
+	ClusterCA         *certAuthority
 }
 
 type yamlConfig struct {
@@ -360,9 +459,15 @@ type yamlConfig struct {
 	} `yaml:"hsm"`
 	DataDir string `yaml:"data_dir"`
 	Cluster struct {
-		NodeID    string `yaml:"node_id"`
-		Address   string `yaml:"address"`
-		Bootstrap bool   `yaml:"bootstrap"`
+		NodeID    string   `yaml:"node_id"`
+		Address   string   `yaml:"address"`
+		Advertise string   `yaml:"advertise,omitempty"`
+		Peers     []string `yaml:"peers,omitempty"`
+		TLS       struct {
+			Cert string `yaml:"cert"`
+			Key  string `yaml:"key"`
+			CA   string `yaml:"ca"`
+		} `yaml:"tls"`
 	} `yaml:"cluster"`
 }
 
@@ -385,6 +490,11 @@ type node struct {
 	addr      string
 	clusAddr  string
 	probeCert tls.Certificate
+	clusterCA *certAuthority
+	nodeTLS   tls.Certificate // node-channel certificate (cluster.tls)
+
+	httpOnce sync.Once
+	httpc    *http.Client // admin client for metrics and probes
 
 	mu      sync.Mutex
 	cmd     *exec.Cmd
@@ -434,8 +544,18 @@ func newNode(t testing.TB, opts nodeOptions) *node {
 		logPath:  filepath.Join(dir, "kmsd.log"),
 		token:    "kmsd-" + opts.Name,
 		keyLabel: "kmsd-wrap",
-		addr:     freePort(t),
-		clusAddr: freePort(t),
+		addr:     opts.Addr,
+		clusAddr: opts.ClusterAddr,
+	}
+	if n.addr == "" {
+		n.addr = freePort(t)
+	}
+	if n.clusAddr == "" {
+		n.clusAddr = freePort(t)
+	}
+	n.clusterCA = opts.ClusterCA
+	if n.clusterCA == nil {
+		n.clusterCA = p.cluster
 	}
 	n.hsmConf = filepath.Join(n.hsmDir, "softhsm2.conf")
 	if opts.ProbeCert != nil {
@@ -508,14 +628,25 @@ func newNode(t testing.TB, opts nodeOptions) *node {
 	cfg.DataDir = n.dataDir
 	cfg.Cluster.NodeID = opts.Name
 	cfg.Cluster.Address = n.clusAddr
-	cfg.Cluster.Bootstrap = true
+	cfg.Cluster.Peers = opts.Peers
+	if len(cfg.Cluster.Peers) == 0 {
+		cfg.Cluster.Peers = []string{n.clusAddr}
+	}
+	nodeCertPEM, nodeKeyPEM, nodeTLS := n.clusterCA.nodeCert(t, opts.Name)
+	n.nodeTLS = nodeTLS
+	cfg.Cluster.TLS.Cert = write("node.crt", nodeCertPEM)
+	cfg.Cluster.TLS.Key = write("node.key", nodeKeyPEM)
+	cfg.Cluster.TLS.CA = write("cluster-ca.crt", n.clusterCA.pem)
 	data, err := yaml.Marshal(&cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	write("kmsd.yaml", data)
+	if opts.Join {
+		return n // no init: no seal stanza and no bootstrap marker; the node joins
+	}
 
-	// kmsd init
+	// kmsd init (writes the seal stanza and the bootstrap marker)
 	out, err = n.kmsd(n.env(hsmPIN), "init", "--config", n.cfgPath)
 	if err != nil {
 		t.Fatalf("kmsd init: %v\n%s", err, out)
