@@ -138,8 +138,6 @@ func (c *testCluster) running() []*node {
 	return out
 }
 
-func (c *testCluster) index(n *node) int { return slices.Index(c.nodes, n) }
-
 // ---------------------------------------------------------------------------
 // Raft state from /v1/metrics (kmsd_raft_*).
 
@@ -695,15 +693,6 @@ func (n *node) exited() (bool, error) {
 
 // ---------------------------------------------------------------------------
 // Small helpers.
-
-// kesStatus returns the HTTP status of a kes.Error, 0 otherwise.
-func kesStatus(err error) int {
-	var ke kes.Error
-	if errors.As(err, &ke) {
-		return ke.Status()
-	}
-	return 0
-}
 
 // parallel runs f(i) for i in [0,n) on workers goroutines.
 func parallel(n, workers int, f func(i int)) {
