@@ -189,7 +189,7 @@ func (s *Server) EnsureKey(ctx context.Context, name, createdBy string) error {
 // should a lower layer have retried) is settled by the RequestID stored
 // in the record: if it is ours, the create succeeded (design.md §3).
 func (s *Server) applyCreate(ctx context.Context, rec fsm.Key) error {
-	err := s.apply(ctx, &fsm.CreateKey{Key: rec})
+	err := s.applyRetry(ctx, &fsm.CreateKey{Key: rec})
 	if errors.Is(err, cluster.ErrUnknownOutcome) || errors.Is(err, fsm.ErrKeyExists) {
 		// A record present locally is conclusive: ours or not. Only a
 		// missing one needs the barrier (the local replica may lag).
@@ -199,6 +199,27 @@ func (s *Server) applyCreate(ctx context.Context, rec fsm.Key) error {
 		}) {
 			return nil
 		}
+	}
+	return err
+}
+
+// maxReproposals bounds how often an ambiguous write is proposed again.
+const maxReproposals = 4
+
+// applyRetry is apply for commands the FSM applies idempotently by their
+// request id (create, delete): an unknown outcome (the leader died or
+// leadership moved after the command was sent) is resolved by proposing
+// the very same command again while ctx allows. If the first proposal was
+// committed, the FSM answers OK for the repeat (same request id); if it
+// was lost, the repeat applies it. Either way the client gets the real
+// outcome instead of a 503 for a write that may or may not have happened
+// (which a KES client would retry as a new request and could then see
+// "key already exists" for a create it sent once).
+func (s *Server) applyRetry(ctx context.Context, cmd fsm.Command) error {
+	err := s.apply(ctx, cmd)
+	for i := 0; i < maxReproposals && errors.Is(err, cluster.ErrUnknownOutcome) && ctx.Err() == nil; i++ {
+		s.log.Debug("api: write outcome unknown; proposing it again with the same request id", "attempt", i+1, "err", err)
+		err = s.apply(ctx, cmd)
 	}
 	return err
 }
@@ -305,7 +326,7 @@ func (s *Server) deleteKey(req *request) error {
 	if _, err := io.ReadFull(s.deps.Rand, cmd.RequestID[:]); err != nil {
 		return fail500("failed to delete key", err)
 	}
-	err := s.apply(req.ctx, cmd)
+	err := s.applyRetry(req.ctx, cmd)
 	if errors.Is(err, cluster.ErrUnknownOutcome) && s.settled(req.ctx, func() (bool, bool) {
 		_, gerr := s.deps.Store.GetKey(name)
 		gone := errors.Is(gerr, fsm.ErrKeyNotFound) // a local hit may be stale

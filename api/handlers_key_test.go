@@ -421,6 +421,31 @@ func TestUnknownOutcome(t *testing.T) {
 	e.do(c, "PUT", "/v1/key/create/lost", nil).expectError(t, "ambiguous create, lost", 503, "outcome unknown: the change may have been applied")
 	e.do(c, "DELETE", "/v1/key/delete/amb2", nil).expectError(t, "ambiguous delete, lost", 503, "outcome unknown: the change may have been applied")
 
+	// Lost once (the leader died after the command was sent), then the
+	// same command is proposed again and applies: the client sees the
+	// real outcome, and the request id is the one of the first attempt.
+	var ids [][16]byte
+	e.fc.set(func(f *fakeCluster) {
+		f.applyErr = nil
+		f.applyHook = func(_ context.Context, cmd fsm.Command) error {
+			if c, ok := cmd.(*fsm.CreateKey); ok {
+				ids = append(ids, c.Key.RequestID)
+				if len(ids) == 1 {
+					return cluster.ErrUnknownOutcome
+				}
+			}
+			return nil
+		}
+	})
+	e.do(c, "PUT", "/v1/key/create/lost-once", nil).expectEmpty(t, "ambiguous create, re-proposed")
+	if len(ids) != 2 || ids[0] != ids[1] {
+		t.Fatalf("re-proposal: %d attempts, same request id = %v", len(ids), len(ids) == 2 && ids[0] == ids[1])
+	}
+	if r := e.do(c, "GET", "/v1/key/describe/lost-once", nil); r.code != 200 {
+		t.Errorf("re-proposed key: describe = %d", r.code)
+	}
+	e.fc.set(func(f *fakeCluster) { f.applyHook = nil })
+
 	for _, tc := range []struct {
 		err error
 		msg string
