@@ -63,7 +63,7 @@ func newTestNode(t testing.TB, id string, bootstrap bool, tune func(*Config)) *t
 func (tn *testNode) start(bootstrap bool) {
 	t := tn.t
 	t.Helper()
-	db, err := storage.Open(storage.Options{Dir: filepath.Join(tn.dir, "state"), Logger: quiet})
+	db, err := storage.Open(storage.Options{Dir: filepath.Join(tn.dir, "state"), Logger: quiet, NoSyncWrites: true})
 	if err != nil {
 		t.Fatalf("%s: storage.Open: %v", tn.id, err)
 	}

@@ -66,6 +66,14 @@ type Options struct {
 	// The caller is then responsible for re-installing a snapshot (the
 	// cluster package does so by letting raft restore its latest one).
 	DropIncompleteRestore bool
+	// NoSyncWrites skips the fsync on every commit. Only for state that
+	// is derived from a durable log which can rebuild it (the FSM: raft's
+	// fsynced log and snapshots). A process crash loses nothing (writes are
+	// in the OS page cache); a power loss or kernel crash may lose the
+	// latest commits, always as a consistent prefix with the applied index
+	// committed in the same transaction, so the caller can tell how far
+	// the durable state reaches. Restore syncs explicitly either way.
+	NoSyncWrites bool
 }
 
 // DB is an open badger database. Its methods are safe for concurrent
@@ -130,7 +138,7 @@ func badgerOptions(opts Options, dir string, logger *slog.Logger) badger.Options
 		WithValueLogFileSize(16 << 20).
 		WithValueThreshold(64 << 10). // must stay below the max batch size (15% of MemTableSize)
 		WithNumCompactors(2).
-		WithSyncWrites(!opts.InMemory). // never lose an acknowledged write
+		WithSyncWrites(!opts.InMemory && !opts.NoSyncWrites). // see Options.NoSyncWrites
 		WithLogger(badgerLogger{logger}).
 		WithLoggingLevel(badger.WARNING).
 		WithMetricsEnabled(false)

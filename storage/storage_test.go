@@ -419,3 +419,31 @@ func TestGCLoopStops(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestNoSyncWritesReopen: without per-commit fsync, a clean close still
+// persists every commit together with its applied index.
+func TestNoSyncWritesReopen(t *testing.T) {
+	dir := t.TempDir()
+	db, err := Open(Options{Dir: dir, NoSyncWrites: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 100 {
+		mustUpdate(t, db, func(tx Txn) error {
+			if err := tx.Set([]byte(fmt.Sprint("k", i)), []byte(fmt.Sprint(i))); err != nil {
+				return err
+			}
+			return tx.SetApplied(uint64(i+1), 1)
+		})
+	}
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	db = openTest(t, dir)
+	if idx, term, err := db.Applied(); err != nil || idx != 100 || term != 1 {
+		t.Fatalf("applied after reopen = %d/%d, %v; want 100/1", idx, term, err)
+	}
+	if v, err := get(t, db, "k99"); err != nil || v != "99" {
+		t.Fatalf("k99 = %q, %v", v, err)
+	}
+}
