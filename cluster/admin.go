@@ -13,7 +13,6 @@ import (
 
 	"github.com/hashicorp/raft"
 	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
-	bolt "go.etcd.io/bbolt"
 
 	"github.com/kmsd/kmsd/fsm"
 )
@@ -416,7 +415,7 @@ func Recover(ctx context.Context, cfg Config, f *fsm.FSM, members []Member) erro
 	}
 	hl := newHCLog(cfg.Logger, "").(*hclogAdapter)
 	store, err := raftboltdb.New(raftboltdb.Options{
-		Path: dbPath, BoltOptions: &bolt.Options{Timeout: time.Second},
+		Path: dbPath, BoltOptions: boltOptions(time.Second),
 	})
 	if err != nil {
 		return fmt.Errorf("cluster: recover: open raft.db (is the node still running?): %w", err)

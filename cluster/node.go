@@ -119,7 +119,7 @@ func (n *Node) open() error {
 		return fmt.Errorf("cluster: open: %w", err)
 	}
 	bolt, err := raftboltdb.New(raftboltdb.Options{
-		Path: filepath.Join(dir, "raft.db"), BoltOptions: &bbolt.Options{Timeout: 5 * time.Second},
+		Path: filepath.Join(dir, "raft.db"), BoltOptions: boltOptions(5 * time.Second),
 	})
 	if err != nil {
 		return fmt.Errorf("cluster: open raft.db: %w", err)
@@ -321,4 +321,13 @@ func (n *Node) closeStores() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// boltOptions are raft.db's bbolt options. The freelist is not written on
+// every commit (NoFreelistSync) and is kept as a map: raft appends at the
+// end and deletes whole prefixes on compaction, so the freelist grows
+// large and syncing it made every append slower as the log aged. bbolt
+// rebuilds it by scanning the file on open, which compaction keeps small.
+func boltOptions(timeout time.Duration) *bbolt.Options {
+	return &bbolt.Options{Timeout: timeout, NoFreelistSync: true, FreelistType: bbolt.FreelistMapType}
 }
