@@ -242,37 +242,27 @@ func (n *Node) serveStatus(ctx context.Context, w http.ResponseWriter, r *http.R
 }
 
 func (n *Node) serveRemove(ctx context.Context, w http.ResponseWriter, r *http.Request) {
-	var req idRequest
-	if err := decodeJSON(r, &req); err != nil {
-		writeErr(w, err)
-		return
-	}
-	var err error
-	if forwarded(r) {
-		err = n.removeLocal(ctx, req.ID)
-	} else {
-		err = n.RemoveServer(ctx, req.ID)
-	}
-	if err != nil {
-		writeErr(w, err)
-		return
-	}
-	w.WriteHeader(http.StatusNoContent)
+	n.serveIDOp(ctx, w, r, n.removeLocal, n.RemoveServer)
 }
 
 func (n *Node) serveTransfer(ctx context.Context, w http.ResponseWriter, r *http.Request) {
+	n.serveIDOp(ctx, w, r, n.transferLocal, n.TransferLeadership)
+}
+
+// serveIDOp runs a leader-only operation on a node id: local when the
+// request was already forwarded once (never forward again), otherwise
+// through the public method, which forwards to the leader.
+func (n *Node) serveIDOp(ctx context.Context, w http.ResponseWriter, r *http.Request, local, onLeader func(context.Context, string) error) {
 	var req idRequest
 	if err := decodeJSON(r, &req); err != nil {
 		writeErr(w, err)
 		return
 	}
-	var err error
+	op := onLeader
 	if forwarded(r) {
-		err = n.transferLocal(ctx, req.ID)
-	} else {
-		err = n.TransferLeadership(ctx, req.ID)
+		op = local
 	}
-	if err != nil {
+	if err := op(ctx, req.ID); err != nil {
 		writeErr(w, err)
 		return
 	}
@@ -306,13 +296,7 @@ func (n *Node) serveSnapshot(ctx context.Context, w http.ResponseWriter, r *http
 }
 
 func (n *Node) serveRestore(ctx context.Context, w http.ResponseWriter, r *http.Request) {
-	var err error
-	if forwarded(r) {
-		err = n.restore(ctx, r.Body, true)
-	} else {
-		err = n.restore(ctx, r.Body, false)
-	}
-	if err != nil {
+	if err := n.restore(ctx, r.Body, forwarded(r)); err != nil {
 		var mb *http.MaxBytesError
 		if errors.As(err, &mb) {
 			err = errTooLarge
