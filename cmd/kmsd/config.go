@@ -62,6 +62,54 @@ type fileConfig struct {
 	} `yaml:"hsm"`
 	DataDir string        `yaml:"data_dir"`
 	Cluster clusterConfig `yaml:"cluster"`
+
+	// kmsd's operations sections (issue 4).
+	Audit    auditConfig    `yaml:"audit"`
+	ErrorLog errorLogConfig `yaml:"error_log"`
+	Snapshot snapshotConfig `yaml:"snapshot"`
+	Health   healthConfig   `yaml:"health"`
+}
+
+// auditConfig is the `audit:` section: the NDJSON audit file. See
+// DESIGN.md, "Audit failure policy".
+type auditConfig struct {
+	// File receives one NDJSON event per request. "": no file (the
+	// /v1/log/audit stream works regardless).
+	File string `yaml:"file"`
+	// OnFailure is what happens to a request whose audit event cannot be
+	// written: "continue" (default: the request is answered, the event
+	// counted as lost, the node reports unready) or "reject" (the request
+	// is answered 503 and nothing is changed by it).
+	OnFailure string `yaml:"on_failure"`
+	// MaxWait bounds how long a request waits for the audit sink to accept
+	// its event (reject mode). Default 100ms.
+	MaxWait time.Duration `yaml:"max_wait"`
+}
+
+// errorLogConfig is the `error_log:` section: an NDJSON copy of the
+// server log records at log.error level and above.
+type errorLogConfig struct {
+	File string `yaml:"file"`
+}
+
+// snapshotConfig is the `snapshot:` section: scheduled local snapshots.
+type snapshotConfig struct {
+	// Dir receives the snapshot files. Default data_dir/snapshots.
+	Dir string `yaml:"dir"`
+	// Interval between snapshots; default 1h; a negative value disables
+	// scheduled snapshots.
+	Interval time.Duration `yaml:"interval"`
+	// Retention is how many snapshot files are kept (oldest removed
+	// first); default 24.
+	Retention int `yaml:"retention"`
+}
+
+// healthConfig is the `health:` section.
+type healthConfig struct {
+	// CertReadyMargin: the node reports unready once a certificate it
+	// holds expires within this margin (default 1h), so load balancers
+	// move away before clients see a handshake failure.
+	CertReadyMargin time.Duration `yaml:"cert_ready_margin"`
 }
 
 // clusterConfig is the `cluster:` section: this node's identity and
@@ -166,6 +214,9 @@ func (c *fileConfig) resolvePaths(dir string) {
 	abs(&c.Cluster.TLS.Cert)
 	abs(&c.Cluster.TLS.Key)
 	abs(&c.Cluster.TLS.CA)
+	abs(&c.Audit.File)
+	abs(&c.ErrorLog.File)
+	abs(&c.Snapshot.Dir)
 }
 
 func (c *fileConfig) setDefaults() {
@@ -201,6 +252,24 @@ func (c *fileConfig) setDefaults() {
 	}
 	if c.Cluster.Advertise == "" {
 		c.Cluster.Advertise = c.Cluster.Address
+	}
+	if c.Audit.OnFailure == "" {
+		c.Audit.OnFailure = "continue"
+	}
+	if c.Audit.MaxWait == 0 {
+		c.Audit.MaxWait = 100 * time.Millisecond
+	}
+	if c.Snapshot.Dir == "" && c.DataDir != "" {
+		c.Snapshot.Dir = filepath.Join(c.DataDir, "snapshots")
+	}
+	if c.Snapshot.Interval == 0 {
+		c.Snapshot.Interval = time.Hour
+	}
+	if c.Snapshot.Retention == 0 {
+		c.Snapshot.Retention = 24
+	}
+	if c.Health.CertReadyMargin == 0 {
+		c.Health.CertReadyMargin = time.Hour
 	}
 }
 
@@ -254,6 +323,23 @@ func (c *fileConfig) validate() error {
 		errs = append(errs, fmt.Errorf("hsm.module %q must be an absolute path", c.HSM.Module))
 	}
 	errs = append(errs, c.Cluster.validate()...)
+	switch c.Audit.OnFailure {
+	case "continue", "reject":
+	default:
+		errs = append(errs, fmt.Errorf("audit.on_failure %q: must be continue or reject", c.Audit.OnFailure))
+	}
+	if c.Audit.MaxWait < 0 || c.Audit.MaxWait > 10*time.Second {
+		errs = append(errs, fmt.Errorf("audit.max_wait %s: must be between 0 and 10s", c.Audit.MaxWait))
+	}
+	if c.Snapshot.Retention < 0 {
+		errs = append(errs, errors.New("snapshot.retention must not be negative"))
+	}
+	if c.Snapshot.Interval > 0 && c.Snapshot.Interval < time.Second {
+		errs = append(errs, fmt.Errorf("snapshot.interval %s: must be at least 1s (or negative to disable)", c.Snapshot.Interval))
+	}
+	if c.Health.CertReadyMargin < 0 {
+		errs = append(errs, errors.New("health.cert_ready_margin must not be negative"))
+	}
 	return errors.Join(errs...)
 }
 

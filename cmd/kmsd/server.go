@@ -23,6 +23,7 @@ import (
 	"github.com/kmsd/kmsd/api"
 	"github.com/kmsd/kmsd/cluster"
 	"github.com/kmsd/kmsd/fsm"
+	"github.com/kmsd/kmsd/health"
 	"github.com/kmsd/kmsd/hsm"
 	"github.com/kmsd/kmsd/seal"
 	"github.com/kmsd/kmsd/storage"
@@ -46,6 +47,12 @@ type node struct {
 	api     *api.Server
 	tls     tlsReloader
 	ctls    clusterTLS // node channel
+
+	// health collects the node's checks (seal, raft, certificates, audit,
+	// store); reg is the Prometheus registry served at /v1/metrics. Both
+	// exist before openState, so every component can register.
+	health *health.Registry
+	reg    *prometheus.Registry
 
 	hsmMu sync.Mutex
 	hsm   *hsm.Module
@@ -85,7 +92,7 @@ func runServer(ctx context.Context, args []string) error {
 	level, _ := parseLevel(cfg.Log.Error)
 	logger := slog.New(errStream.Wrap(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})))
 
-	n := &node{cfgPath: *cfgPath, log: logger, ctx: ctx}
+	n := &node{cfgPath: *cfgPath, log: logger, ctx: ctx, health: health.NewRegistry(nil), reg: prometheus.NewRegistry()}
 	n.cfg.Store(cfg)
 	defer n.close()
 	if err := n.openState(ctx); err != nil {
@@ -94,7 +101,7 @@ func runServer(ctx context.Context, args []string) error {
 	if err := n.tls.load(cfg); err != nil {
 		return err
 	}
-	reg := prometheus.NewRegistry()
+	reg := n.reg
 	reg.MustRegister(n.raft.Collector(), nodeCollector{n})
 	if n.api, err = api.New(n.apiConfig(cfg, errStream, reg), api.Deps{
 		Store:   n.fsm,

@@ -1,0 +1,160 @@
+package health
+
+import (
+	"context"
+	"sort"
+	"sync"
+	"time"
+)
+
+// Status is the outcome of one check, ordered from good to bad.
+type Status int
+
+const (
+	// OK: nothing to report.
+	OK Status = iota
+	// Degraded: the node serves, but an operator should act (a
+	// certificate expires within 30 days, no raft leader so writes fail).
+	Degraded
+	// Fail: for a readiness check, the node should not get requests; for
+	// a liveness check, it should be restarted.
+	Fail
+)
+
+func (s Status) String() string {
+	switch s {
+	case OK:
+		return "ok"
+	case Degraded:
+		return "degraded"
+	default:
+		return "fail"
+	}
+}
+
+// MarshalText makes a Status a JSON string.
+func (s Status) MarshalText() ([]byte, error) { return []byte(s.String()), nil }
+
+// UnmarshalText parses "ok", "degraded" or "fail".
+func (s *Status) UnmarshalText(b []byte) error {
+	switch string(b) {
+	case "ok":
+		*s = OK
+	case "degraded":
+		*s = Degraded
+	default:
+		*s = Fail
+	}
+	return nil
+}
+
+// Kind says what a failing check means.
+type Kind int
+
+const (
+	// Readiness checks gate /v1/ready.
+	Readiness Kind = iota
+	// Liveness checks gate liveness (and readiness).
+	Liveness
+)
+
+// Check is one check's result.
+type Check struct {
+	Name    string `json:"name"`
+	Status  Status `json:"status"`
+	Message string `json:"message,omitempty"`
+	// Liveness is true for liveness checks.
+	Liveness bool `json:"liveness,omitempty"`
+}
+
+// Report is the node's health at one moment.
+type Report struct {
+	// Live is false when a liveness check fails.
+	Live bool `json:"live"`
+	// Ready is false when any check fails (Degraded is still ready).
+	Ready bool `json:"ready"`
+	// Status is the worst status of all checks.
+	Status Status    `json:"status"`
+	Checks []Check   `json:"checks"`
+	Time   time.Time `json:"time"`
+}
+
+// Failing returns the checks that are not OK.
+func (r Report) Failing() []Check {
+	var out []Check
+	for _, c := range r.Checks {
+		if c.Status != OK {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// Func runs one check. It must return quickly (a check that needs I/O
+// bounds it with ctx); Name and Liveness of the result are filled in by
+// the Registry.
+type Func func(ctx context.Context) (Status, string)
+
+type entry struct {
+	name string
+	kind Kind
+	fn   Func
+}
+
+// Registry holds the registered checks. The zero value is ready to use.
+type Registry struct {
+	mu     sync.RWMutex
+	checks []entry
+	now    func() time.Time
+}
+
+// NewRegistry returns an empty registry using now for report times (nil:
+// time.Now).
+func NewRegistry(now func() time.Time) *Registry { return &Registry{now: now} }
+
+// Register adds (or replaces) the check called name.
+func (r *Registry) Register(name string, kind Kind, fn Func) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for i := range r.checks {
+		if r.checks[i].name == name {
+			r.checks[i] = entry{name, kind, fn}
+			return
+		}
+	}
+	r.checks = append(r.checks, entry{name, kind, fn})
+	sort.Slice(r.checks, func(i, j int) bool { return r.checks[i].name < r.checks[j].name })
+}
+
+// Report runs every check (in name order) and summarises them. A nil
+// Registry reports live and ready with no checks.
+func (r *Registry) Report(ctx context.Context) Report {
+	rep := Report{Live: true, Ready: true, Checks: []Check{}}
+	if r == nil {
+		rep.Time = time.Now().UTC()
+		return rep
+	}
+	r.mu.RLock()
+	checks := append([]entry(nil), r.checks...)
+	now := r.now
+	r.mu.RUnlock()
+	if now == nil {
+		now = time.Now
+	}
+	rep.Time = now().UTC()
+	for _, e := range checks {
+		st, msg := e.fn(ctx)
+		c := Check{Name: e.name, Status: st, Message: msg, Liveness: e.kind == Liveness}
+		rep.Checks = append(rep.Checks, c)
+		if st > rep.Status {
+			rep.Status = st
+		}
+		if st == Fail {
+			rep.Ready = false
+			if e.kind == Liveness {
+				rep.Live = false
+			}
+		}
+	}
+	return rep
+}
