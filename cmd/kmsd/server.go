@@ -53,6 +53,7 @@ type node struct {
 	// exist before openState, so every component can register.
 	health *health.Registry
 	reg    *prometheus.Registry
+	certs  *certMonitor
 
 	hsmMu sync.Mutex
 	hsm   *hsm.Module
@@ -92,7 +93,7 @@ func runServer(ctx context.Context, args []string) error {
 	level, _ := parseLevel(cfg.Log.Error)
 	logger := slog.New(errStream.Wrap(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})))
 
-	n := &node{cfgPath: *cfgPath, log: logger, ctx: ctx, health: health.NewRegistry(nil), reg: prometheus.NewRegistry()}
+	n := &node{cfgPath: *cfgPath, log: logger, ctx: ctx, health: health.NewRegistry(nil), reg: prometheus.NewRegistry(), certs: &certMonitor{}}
 	n.cfg.Store(cfg)
 	defer n.close()
 	if err := n.openState(ctx); err != nil {
