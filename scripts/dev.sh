@@ -46,7 +46,7 @@ KEY_LABEL="kmsd-wrap"
 DEFAULT_KEY="minio-default-key"
 TIMEOUT="${KMSD_DEV_TIMEOUT:-120}"
 # Bump when the generated configs change shape; older ones are rewritten.
-LAYOUT="# dev.sh layout 2 (three nodes)"
+LAYOUT="# dev.sh layout 3 (three nodes, audit file, scheduled snapshots)"
 
 log() { printf 'dev.sh: %s\n' "$*" >&2; }
 die() { log "$*"; exit 1; }
@@ -216,6 +216,15 @@ EOF
     cert: certs/$n.crt
     key: certs/$n.key
     ca: certs/cluster-ca.crt
+audit:
+  file: $n/audit.ndjson          # one NDJSON event per request
+  on_failure: continue
+error_log:
+  file: $n/error.ndjson
+snapshot:
+  dir: $n/snapshots
+  interval: 10m
+  retention: 6
 EOF
 	} >"$cfg.tmp"
 	mv "$cfg.tmp" "$cfg"
