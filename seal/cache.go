@@ -56,7 +56,8 @@ type Cache struct {
 
 	hits, misses, loads, evictions atomic.Uint64
 
-	tickers   []ticker
+	clk       clock
+	reconf    chan reconfig
 	onTick    func() // test hook, called after each expiry tick
 	stop      chan struct{}
 	done      chan struct{}
@@ -83,6 +84,22 @@ var errLoadAborted = errors.New("seal: cache: load panicked or exited")
 func NewCache(cfg CacheConfig) *Cache { return newCache(cfg, realClock{}, nil) }
 
 func newCache(cfg CacheConfig, clk clock, onTick func()) *Cache {
+	cfg = cfg.withDefaults()
+	c := &Cache{
+		max:      cfg.MaxEntries,
+		onTick:   onTick,
+		entries:  make(map[string]*cacheEntry),
+		inflight: make(map[string]*loadCall),
+		clk:      clk,
+		reconf:   make(chan reconfig),
+		stop:     make(chan struct{}),
+		done:     make(chan struct{}),
+	}
+	go c.run(c.startTickers(cfg))
+	return c
+}
+
+func (cfg CacheConfig) withDefaults() CacheConfig {
 	if cfg.Any == 0 {
 		cfg.Any = DefaultCacheAny
 	}
@@ -92,37 +109,73 @@ func newCache(cfg CacheConfig, clk clock, onTick func()) *Cache {
 	if cfg.MaxEntries <= 0 {
 		cfg.MaxEntries = DefaultCacheMaxEntries
 	}
-	c := &Cache{
-		max:      cfg.MaxEntries,
-		onTick:   onTick,
-		entries:  make(map[string]*cacheEntry),
-		inflight: make(map[string]*loadCall),
-		stop:     make(chan struct{}),
-		done:     make(chan struct{}),
-	}
-	var anyC, unusedC <-chan time.Time
-	if cfg.Any > 0 {
-		t := clk.NewTicker(cfg.Any)
-		c.tickers, anyC = append(c.tickers, t), t.Chan()
-	}
-	if cfg.Unused > 0 {
-		t := clk.NewTicker(max(cfg.Unused/2, 1))
-		c.tickers, unusedC = append(c.tickers, t), t.Chan()
-	}
-	go c.run(anyC, unusedC)
-	return c
+	return cfg
 }
 
-// run applies the expiry ticks until Close. A nil channel never fires.
-func (c *Cache) run(anyC, unusedC <-chan time.Time) {
+// tickerSet is the expiry tickers of one configuration. A nil channel
+// never fires.
+type tickerSet struct {
+	anyC, unusedC <-chan time.Time
+	all           []ticker
+}
+
+func (ts tickerSet) stop() {
+	for _, t := range ts.all {
+		t.Stop()
+	}
+}
+
+func (c *Cache) startTickers(cfg CacheConfig) tickerSet {
+	var ts tickerSet
+	if cfg.Any > 0 {
+		t := c.clk.NewTicker(cfg.Any)
+		ts.all, ts.anyC = append(ts.all, t), t.Chan()
+	}
+	if cfg.Unused > 0 {
+		t := c.clk.NewTicker(max(cfg.Unused/2, 1))
+		ts.all, ts.unusedC = append(ts.all, t), t.Chan()
+	}
+	return ts
+}
+
+type reconfig struct {
+	cfg  CacheConfig
+	done chan struct{}
+}
+
+// Reconfigure applies new expiry periods and a new bound (SIGHUP): the
+// expiry tickers restart with the new periods; entries stay cached. A
+// cache above the new bound shrinks as entries are inserted. After Close
+// it does nothing.
+func (c *Cache) Reconfigure(cfg CacheConfig) {
+	cfg = cfg.withDefaults()
+	c.mu.Lock()
+	c.max = cfg.MaxEntries
+	c.mu.Unlock()
+	r := reconfig{cfg: cfg, done: make(chan struct{})}
+	select {
+	case c.reconf <- r:
+		<-r.done
+	case <-c.done:
+	}
+}
+
+// run applies the expiry ticks and reconfigurations until Close.
+func (c *Cache) run(ts tickerSet) {
 	defer close(c.done)
+	defer func() { ts.stop() }()
 	for {
 		select {
 		case <-c.stop:
 			return
-		case <-anyC:
+		case r := <-c.reconf:
+			ts.stop()
+			ts = c.startTickers(r.cfg)
+			close(r.done)
+			continue
+		case <-ts.anyC:
 			c.evictAll()
-		case <-unusedC:
+		case <-ts.unusedC:
 			c.evictUnused()
 		}
 		if c.onTick != nil {
@@ -304,10 +357,7 @@ func (c *Cache) purgeLocked() {
 func (c *Cache) Close() {
 	c.closeOnce.Do(func() {
 		close(c.stop)
-		<-c.done
-		for _, t := range c.tickers {
-			t.Stop()
-		}
+		<-c.done // run has stopped its tickers
 		c.mu.Lock()
 		c.closed = true
 		c.purgeLocked()

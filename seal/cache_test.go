@@ -589,3 +589,26 @@ func TestNewCacheRealClock(t *testing.T) {
 		t.Fatal("ticker goroutine still running after Close")
 	}
 }
+
+func TestCacheReconfigure(t *testing.T) {
+	tc := newTestCache(t, CacheConfig{Any: time.Minute, Unused: 10 * time.Second})
+	var l loader
+	ctx := context.Background()
+	if _, err := tc.Get(ctx, "k", l.load("k")); err != nil {
+		t.Fatal(err)
+	}
+	old := tc.clk.tickers[time.Minute]
+	tc.Reconfigure(CacheConfig{Any: 2 * time.Minute, Unused: -1})
+	if !old.stopped.Load() || !tc.clk.tickers[5*time.Second].stopped.Load() {
+		t.Fatal("the old tickers were not stopped")
+	}
+	if got := tc.Stats().Entries; got != 1 {
+		t.Fatalf("entries after Reconfigure = %d, want 1 (entries stay)", got)
+	}
+	tc.tick(t, 2*time.Minute) // the new period evicts everything
+	if got := tc.Stats().Entries; got != 0 {
+		t.Fatalf("entries after the new Any tick = %d, want 0", got)
+	}
+	tc.Close()
+	tc.Reconfigure(CacheConfig{}) // after Close: returns, does nothing
+}
