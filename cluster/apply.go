@@ -52,7 +52,11 @@ func (n *Node) Apply(ctx context.Context, cmd fsm.Command) (fsm.Result, error) {
 			return err
 		},
 		func(ctx context.Context, addr string) (err error) {
+			start := time.Now()
 			res, err = n.forwardApply(ctx, addr, b)
+			if err == nil {
+				n.metrics.forward.Observe(time.Since(start).Seconds())
+			}
 			return err
 		})
 	if err != nil {
@@ -69,10 +73,12 @@ func (n *Node) applyLocal(ctx context.Context, b []byte) (fsm.Result, error) {
 	if n.raft.State() != raft.Leader {
 		return fsm.Result{}, n.notLeader()
 	}
+	start := time.Now()
 	fut := n.raft.Apply(b, timeoutFrom(ctx))
 	if err := n.await(ctx, fut); err != nil {
 		return fsm.Result{}, n.mapApplyErr(err, appended(err, fut))
 	}
+	n.metrics.commit.Observe(time.Since(start).Seconds())
 	res, ok := fut.Response().(fsm.Result)
 	if !ok {
 		return fsm.Result{}, fmt.Errorf("cluster: apply: %w: FSM response %T", fsm.ErrInternal, fut.Response())

@@ -41,6 +41,9 @@ type Node struct {
 	fsm   *fsm.FSM
 	trans raft.Transport
 	bolt  *raftboltdb.BoltStore
+	snaps *raft.FileSnapshotStore // for the last-snapshot metrics
+	// metrics are the latency histograms (metrics.go).
+	metrics *metrics
 
 	observer *raft.Observer
 	leaderMu sync.Mutex
@@ -91,6 +94,7 @@ func Open(ctx context.Context, cfg Config, f *fsm.FSM) (*Node, error) {
 		cfg:      cfg,
 		log:      cfg.Logger.With("component", "cluster", "node", cfg.NodeID),
 		fsm:      f,
+		metrics:  newMetrics(),
 		leaderCh: make(chan struct{}),
 		done:     make(chan struct{}),
 		joined:   make(chan struct{}),
@@ -159,7 +163,9 @@ func (n *Node) open() error {
 		}
 		n.log.Info("bootstrapped a single-voter cluster", "addr", n.trans.LocalAddr())
 	}
-	r, err := raft.NewRaft(rc, n.fsm, logs, bolt, snaps, n.trans)
+	n.snaps = snaps
+	// timedFSM measures every batch the FSM applies (metrics.go).
+	r, err := raft.NewRaft(rc, timedFSM{n.fsm, n.metrics}, logs, bolt, snaps, n.trans)
 	if err != nil {
 		return fmt.Errorf("cluster: start raft: %w", err)
 	}

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 )
 
 // DefaultMaxSessions is the session pool size when Config.MaxSessions is 0.
@@ -34,6 +35,17 @@ type Config struct {
 	// MaxSessions bounds the session pool. Zero means DefaultMaxSessions.
 	// The pool never exceeds the token's ulMaxSessionCount.
 	MaxSessions int
+	// Observe, if set, is called once after every operation of the
+	// Module: op is "open" (Open, including the login), "wrap", "unwrap"
+	// or "ping"; d is its wall-clock duration, including the wait for a
+	// session and the one retry on a fresh session; err is what the
+	// caller got (nil on success; an Unwrap that does not authenticate
+	// reports an error wrapping ErrNotAuthentic). It runs synchronously
+	// on the caller's goroutine, possibly concurrently: it must be fast
+	// and safe for concurrent use. An Unwrap refused before any HSM call
+	// (input shorter than IV and tag) is not observed. nil: no
+	// observation. Observe is never logged or printed.
+	Observe func(op string, d time.Duration, err error)
 }
 
 // LogValue implements slog.LogValuer. The PIN is never included; pin_set

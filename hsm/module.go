@@ -6,6 +6,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/miekg/pkcs11"
 )
@@ -41,11 +42,19 @@ func Open(ctx context.Context, cfg Config) (*Module, error) {
 	return open(ctx, cfg, loadModule)
 }
 
+// observe reports one operation to cfg.Observe, if set.
+func (c Config) observe(op string, start time.Time, err error) {
+	if c.Observe != nil {
+		c.Observe(op, time.Since(start), err)
+	}
+}
+
 // open is Open with an injectable loader. It is long because it is the
 // one place that walks the PKCS#11 set-up sequence in order; each step is
 // a helper.
 func open(ctx context.Context, cfg Config, load loader) (_ *Module, err error) {
 	const op = "open"
+	defer func(start time.Time) { cfg.observe(op, start, err) }(time.Now())
 	size, err := cfg.validate(op)
 	if err != nil {
 		return nil, err
@@ -182,7 +191,8 @@ func (m *Module) begin(op string) error {
 // do runs fn with a session of its own and the key handle. A session that
 // fn reports broken is closed and fn is retried once on a fresh one; a
 // stale key handle is looked up again and fn retried once.
-func (m *Module) do(ctx context.Context, op string, fn func(pkcs11.SessionHandle, pkcs11.ObjectHandle) error) error {
+func (m *Module) do(ctx context.Context, op string, fn func(pkcs11.SessionHandle, pkcs11.ObjectHandle) error) (err error) {
+	defer func(start time.Time) { m.cfg.observe(op, start, err) }(time.Now())
 	if err := m.begin(op); err != nil {
 		return err
 	}
