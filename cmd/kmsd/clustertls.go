@@ -11,41 +11,75 @@ import (
 
 // clusterTLS is the node channel's TLS (cluster.tls): this node's
 // certificate, used as server and as client, and the cluster CA as the
-// only trust anchor in both directions. SIGHUP swaps it atomically;
-// connections already established keep theirs.
-type clusterTLS struct{ cur atomic.Pointer[tls.Config] }
+// only trust anchor in both directions. A reload (SIGHUP or a
+// certificate file change) swaps it atomically; connections already
+// established keep theirs.
+type clusterTLS struct{ cur atomic.Pointer[clusterState] }
+
+// clusterState is one built cluster.tls: the tls.Config handed out per
+// connection plus what the certificate monitor and the file watcher
+// need.
+type clusterState struct {
+	cfg   *tls.Config
+	chain []*x509.Certificate // the node certificate chain, leaf first
+	cas   []*x509.Certificate // every cluster CA
+	files []string            // cert, key, ca
+	sum   [32]byte            // content hash of files, taken before reading them
+}
+
+// load builds the node-channel TLS from c and installs it.
+func (r *clusterTLS) load(c *fileConfig) error {
+	st, err := buildClusterState(c)
+	if err != nil {
+		return err
+	}
+	r.cur.Store(st)
+	return nil
+}
 
 // config is what cluster.Config.TLS wants: a fresh copy of the current
 // configuration, read on every new connection.
 func (r *clusterTLS) config() *tls.Config {
-	c := r.cur.Load()
-	if c == nil {
+	s := r.cur.Load()
+	if s == nil {
 		return nil
 	}
-	return c.Clone()
+	return s.cfg.Clone()
 }
 
 // buildClusterTLS reads and checks cluster.tls without installing
+// anything; see buildClusterState.
+func buildClusterTLS(c *fileConfig) (*tls.Config, error) {
+	st, err := buildClusterState(c)
+	if err != nil {
+		return nil, err
+	}
+	return st.cfg, nil
+}
+
+// buildClusterState reads and checks cluster.tls without installing
 // anything. The certificate must chain to the cluster CA for both
 // serverAuth and clientAuth (so every peer accepts it in either role)
 // and must name the advertise host as an IP or DNS SAN (peers verify the
 // host they dial).
-func buildClusterTLS(c *fileConfig) (*tls.Config, error) {
+func buildClusterState(c *fileConfig) (*clusterState, error) {
 	t := c.Cluster.TLS
+	st := &clusterState{files: []string{t.Cert, t.Key, t.CA}}
+	st.sum = fingerprint(st.files...)
 	cert, err := loadKeyPair(t.Cert, t.Key, "")
 	if err != nil {
 		return nil, fmt.Errorf("cluster.%w", err)
 	}
-	pool, err := loadCertPool(t.CA)
+	pool, cas, err := loadCAs(t.CA)
 	if err != nil {
 		return nil, fmt.Errorf("cluster.%w", err)
 	}
+	if st.chain, err = parseChain(cert, t.Cert); err != nil {
+		return nil, fmt.Errorf("cluster.%w", err)
+	}
+	st.cas = cas
 	inter := x509.NewCertPool()
-	for _, der := range cert.Certificate[1:] {
-		ic, err := x509.ParseCertificate(der)
-		if err != nil {
-			return nil, fmt.Errorf("cluster.tls: %s: %w", t.Cert, err)
-		}
+	for _, ic := range st.chain[1:] {
 		inter.AddCert(ic)
 	}
 	for _, use := range []struct {
@@ -68,11 +102,12 @@ func buildClusterTLS(c *fileConfig) (*tls.Config, error) {
 		}
 		return nil, fmt.Errorf("cluster.tls: %s: %w", t.Cert, err)
 	}
-	return &tls.Config{
+	st.cfg = &tls.Config{
 		MinVersion:   tls.VersionTLS13,
 		Certificates: []tls.Certificate{*cert},
 		RootCAs:      pool,
 		ClientCAs:    pool,
 		ClientAuth:   tls.RequireAndVerifyClientCert,
-	}, nil
+	}
+	return st, nil
 }

@@ -72,11 +72,9 @@ func TestClusterTLSConfigIsACopy(t *testing.T) {
 	if r.config() != nil {
 		t.Fatal("config before load should be nil")
 	}
-	c, err := buildClusterTLS(clusterTLSConfig(cert, key, ca.path, "127.0.0.1:7374"))
-	if err != nil {
+	if err := r.load(clusterTLSConfig(cert, key, ca.path, "127.0.0.1:7374")); err != nil {
 		t.Fatal(err)
 	}
-	r.cur.Store(c)
 	a := r.config()
 	a.NextProtos = []string{"x"} // what the cluster package does per connection
 	if b := r.config(); len(b.NextProtos) != 0 || b == a {

@@ -46,7 +46,8 @@ type node struct {
 	keyring atomic.Pointer[seal.Keyring]
 	api     *api.Server
 	tls     tlsReloader
-	ctls    clusterTLS // node channel
+	ctls    clusterTLS   // node channel
+	certw   certReloader // serialises TLS installs; file watcher state (certwatch.go)
 
 	// health collects the node's checks (seal, raft, certificates, audit,
 	// store); reg is the Prometheus registry served at /v1/metrics. Both
@@ -154,11 +155,9 @@ func (n *node) openState(ctx context.Context) error {
 	}); err != nil {
 		return err
 	}
-	ctls, err := buildClusterTLS(cfg)
-	if err != nil {
+	if err := n.ctls.load(cfg); err != nil {
 		return err
 	}
-	n.ctls.cur.Store(ctls)
 	// Cluster formation: the node `kmsd init` ran on bootstraps a
 	// single-voter cluster (cluster.Open does so only while raft has no
 	// state); every other node joins through cluster.peers.
@@ -215,7 +214,8 @@ func (n *node) apiConfig(cfg *fileConfig, es *api.ErrorStream, reg *prometheus.R
 	return c
 }
 
-// serve runs the HTTPS listener until ctx ends, reloading on SIGHUP.
+// serve runs the HTTPS listener until ctx ends, reloading on SIGHUP
+// (everything) and on certificate file changes (TLS only, certwatch.go).
 func (n *node) serve(ctx context.Context, addr string, hup <-chan os.Signal, es *api.ErrorStream, reg *prometheus.Registry) error {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
@@ -229,6 +229,7 @@ func (n *node) serve(ctx context.Context, addr string, hup <-chan os.Signal, es 
 	}
 	srv.TLSConfig = n.tls.config()
 	srv.TLSConfig.GetCertificate = func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return n.tls.cur.Load().cert, nil }
+	n.startCertificates(ctx)
 	errc := make(chan error, 1)
 	go func() { errc <- srv.ServeTLS(ln, "", "") }()
 	n.log.Info("kmsd: serving the KES API", "address", ln.Addr().String(), "node", n.cfg.Load().Cluster.NodeID)
@@ -267,12 +268,13 @@ func (n *node) reload(es *api.ErrorStream, reg *prometheus.Registry) {
 	clusterTLSFiles := cfg.Cluster.TLS
 	cfg.Address, cfg.DataDir, cfg.Cluster, cfg.HSM = old.Address, old.DataDir, old.Cluster, old.HSM
 	cfg.Cluster.TLS = clusterTLSFiles
-	st, err := buildTLS(cfg)
-	var ctls *tls.Config
-	if err == nil {
-		ctls, err = buildClusterTLS(cfg)
-	}
-	if err == nil {
+	// No file-change reload in between: it would read n.cfg.
+	n.certw.mu.Lock()
+	defer n.certw.mu.Unlock()
+	st, ctls, err := buildAllTLS(cfg, n.certs.clock())
+	if err != nil {
+		n.certs.rejected()
+	} else {
 		err = n.api.Reload(n.apiConfig(cfg, es, reg))
 	}
 	if err != nil {
@@ -280,9 +282,10 @@ func (n *node) reload(es *api.ErrorStream, reg *prometheus.Registry) {
 		return
 	}
 	// Only now: the whole new configuration was accepted.
-	n.tls.cur.Store(st)
-	n.ctls.cur.Store(ctls)
+	n.installTLS(st, "SIGHUP")
+	n.installClusterTLS(ctls, "SIGHUP")
 	n.cfg.Store(cfg)
+	n.certw.nudge() // the TLS paths may have changed
 	n.log.Info("kmsd: configuration reloaded")
 	if n.keyring.Load() != nil {
 		go n.ensureKeys(n.ctx)

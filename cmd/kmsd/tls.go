@@ -1,6 +1,8 @@
 package main
 
 import (
+	"bytes"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
@@ -8,18 +10,30 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sort"
+	"strings"
 	"sync/atomic"
 
 	"github.com/kmsd/kmsd/api"
 )
 
-// tlsState is everything about the API listener's TLS that SIGHUP may
-// change. It is swapped atomically; established connections keep the
-// config they were handshaken with.
+// tlsState is everything about the API listener's TLS that a reload
+// (SIGHUP or a certificate file change) may change. It is swapped
+// atomically; established connections keep the config they were
+// handshaken with.
 type tlsState struct {
 	cert       *tls.Certificate
 	clientCAs  *x509.CertPool
 	clientAuth tls.ClientAuthType
+
+	// chain is cert parsed, leaf first; cas are the client CAs in
+	// clientCAs (none unless tls.auth verifies client certificates).
+	chain []*x509.Certificate
+	cas   []*x509.Certificate
+	// files are the paths the state was built from and sum their
+	// content hash, taken before they were read (see certwatch.go).
+	files []string
+	sum   [32]byte
 }
 
 type tlsReloader struct{ cur atomic.Pointer[tlsState] }
@@ -39,10 +53,6 @@ func (r *tlsReloader) load(c *fileConfig) error {
 // new configuration is accepted, so a broken file (or a rejected policy)
 // never replaces a working certificate.
 func buildTLS(c *fileConfig) (*tlsState, error) {
-	cert, err := loadKeyPair(c.TLS.Cert, c.TLS.Key, c.TLS.Password)
-	if err != nil {
-		return nil, err
-	}
 	auth, err := api.ClientAuth(c.TLS.Auth, c.anySkipAuth())
 	if err != nil {
 		return nil, fmt.Errorf("tls: %w", err)
@@ -51,14 +61,32 @@ func buildTLS(c *fileConfig) (*tlsState, error) {
 	// certificates (tls.auth on). In the default mode KES also advertises
 	// it, which makes Go clients withhold self-signed API-key certificates
 	// that match none of the advertised CAs; kmsd does not copy that.
-	var pool *x509.CertPool
 	verifying := auth == tls.RequireAndVerifyClientCert || auth == tls.VerifyClientCertIfGiven
+	st := &tlsState{clientAuth: auth, files: apiTLSFiles(c)}
+	st.sum = fingerprint(st.files...)
+	if st.cert, err = loadKeyPair(c.TLS.Cert, c.TLS.Key, c.TLS.Password); err != nil {
+		return nil, err
+	}
+	if st.chain, err = parseChain(st.cert, c.TLS.Cert); err != nil {
+		return nil, err
+	}
 	if c.TLS.CA != "" && verifying {
-		if pool, err = loadCertPool(c.TLS.CA); err != nil {
+		if st.clientCAs, st.cas, err = loadCAs(c.TLS.CA); err != nil {
 			return nil, err
 		}
 	}
-	return &tlsState{cert: cert, clientCAs: pool, clientAuth: auth}, nil
+	return st, nil
+}
+
+// apiTLSFiles lists the files buildTLS reads for c: certificate, key and,
+// when it verifies client certificates, the CA file or directory.
+func apiTLSFiles(c *fileConfig) []string {
+	files := []string{c.TLS.Cert, c.TLS.Key}
+	auth, err := api.ClientAuth(c.TLS.Auth, c.anySkipAuth())
+	if err == nil && c.TLS.CA != "" && (auth == tls.RequireAndVerifyClientCert || auth == tls.VerifyClientCertIfGiven) {
+		files = append(files, c.TLS.CA)
+	}
+	return files
 }
 
 func (c *fileConfig) anySkipAuth() bool {
@@ -115,6 +143,9 @@ func loadKeyPair(certFile, keyFile, password string) (*tls.Certificate, error) {
 	if err != nil {
 		return nil, fmt.Errorf("tls: %s / %s: %w", certFile, keyFile, err)
 	}
+	if err := truncatedPEM(certPEM); err != nil {
+		return nil, fmt.Errorf("tls: %s: %w", certFile, err)
+	}
 	leaf, err := x509.ParseCertificate(cert.Certificate[0])
 	if err != nil {
 		return nil, fmt.Errorf("tls: %s: %w", certFile, err)
@@ -126,38 +157,145 @@ func loadKeyPair(certFile, keyFile, password string) (*tls.Certificate, error) {
 	return &cert, nil
 }
 
-// loadCertPool reads a PEM file, or every file in a directory, into a pool.
-func loadCertPool(path string) (*x509.CertPool, error) {
+// parseChain parses every certificate of cert (leaf first).
+func parseChain(cert *tls.Certificate, file string) ([]*x509.Certificate, error) {
+	chain := []*x509.Certificate{cert.Leaf}
+	for _, der := range cert.Certificate[1:] {
+		c, err := x509.ParseCertificate(der)
+		if err != nil {
+			return nil, fmt.Errorf("tls: %s: chain: %w", file, err)
+		}
+		chain = append(chain, c)
+	}
+	return chain, nil
+}
+
+// truncatedPEM reports a PEM block that starts but does not decode (a
+// file caught half-written): pem.Decode would silently drop it.
+func truncatedPEM(b []byte) error {
+	for {
+		block, rest := pem.Decode(b)
+		if block == nil {
+			if bytes.Contains(b, []byte("-----BEGIN")) {
+				return errors.New("incomplete PEM block (file truncated or half-written?)")
+			}
+			return nil
+		}
+		b = rest
+	}
+}
+
+// loadCAs reads a PEM file, or every file in a directory, into a pool
+// and returns the parsed certificates too. In a directory, entries whose
+// name starts with ".." (a Kubernetes volume's ..data and timestamped
+// directories) and subdirectories are skipped, and files without any PEM
+// certificate are ignored. A certificate block that does not parse, or a
+// truncated one, fails the whole load.
+func loadCAs(path string) (*x509.CertPool, []*x509.Certificate, error) {
 	fi, err := os.Stat(path)
 	if err != nil {
-		return nil, fmt.Errorf("tls: ca: %w", err)
+		return nil, nil, fmt.Errorf("tls: ca: %w", err)
 	}
 	files := []string{path}
 	if fi.IsDir() {
-		entries, err := os.ReadDir(path)
-		if err != nil {
-			return nil, fmt.Errorf("tls: ca: %w", err)
-		}
-		files = files[:0]
-		for _, e := range entries {
-			if !e.IsDir() {
-				files = append(files, filepath.Join(path, e.Name()))
-			}
+		if files, err = caDirFiles(path); err != nil {
+			return nil, nil, err
 		}
 	}
 	pool := x509.NewCertPool()
-	n := 0
+	var cas []*x509.Certificate
 	for _, f := range files {
 		b, err := os.ReadFile(f)
 		if err != nil {
-			return nil, fmt.Errorf("tls: ca: %w", err)
+			return nil, nil, fmt.Errorf("tls: ca: %w", err)
 		}
-		if pool.AppendCertsFromPEM(b) {
-			n++
+		certs, err := parsePEMCerts(b)
+		if err != nil {
+			return nil, nil, fmt.Errorf("tls: ca: %s: %w", f, err)
+		}
+		for _, c := range certs {
+			pool.AddCert(c)
+		}
+		cas = append(cas, certs...)
+	}
+	if len(cas) == 0 {
+		return nil, nil, errors.New("tls: ca: no PEM certificates found in " + path)
+	}
+	return pool, cas, nil
+}
+
+// caDirFiles lists the regular files (symlinks followed) of a CA
+// directory, sorted, skipping ".."-prefixed entries.
+func caDirFiles(dir string) ([]string, error) {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, fmt.Errorf("tls: ca: %w", err)
+	}
+	var files []string
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), "..") {
+			continue
+		}
+		p := filepath.Join(dir, e.Name())
+		fi, err := os.Stat(p)
+		if err != nil || !fi.Mode().IsRegular() {
+			continue // a dangling link or a directory
+		}
+		files = append(files, p)
+	}
+	sort.Strings(files)
+	return files, nil
+}
+
+// parsePEMCerts parses every CERTIFICATE block of b (other blocks and
+// text around them are ignored).
+func parsePEMCerts(b []byte) ([]*x509.Certificate, error) {
+	if err := truncatedPEM(b); err != nil {
+		return nil, err
+	}
+	var out []*x509.Certificate
+	for {
+		block, rest := pem.Decode(b)
+		if block == nil {
+			return out, nil
+		}
+		b = rest
+		if block.Type != "CERTIFICATE" {
+			continue
+		}
+		c, err := x509.ParseCertificate(block.Bytes)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, c)
+	}
+}
+
+// fingerprint hashes the content of paths (a directory: its CA files, by
+// name), read errors included, so a watcher can tell whether anything a
+// TLS state was built from has changed.
+func fingerprint(paths ...string) [32]byte {
+	h := sha256.New()
+	add := func(p string) {
+		b, err := os.ReadFile(p)
+		fmt.Fprintf(h, "%s\x00%d\x00", p, len(b))
+		h.Write(b)
+		if err != nil {
+			fmt.Fprintf(h, "error\x00%v\x00", err)
 		}
 	}
-	if n == 0 {
-		return nil, errors.New("tls: ca: no PEM certificates found in " + path)
+	for _, p := range paths {
+		if fi, err := os.Stat(p); err == nil && fi.IsDir() {
+			files, err := caDirFiles(p)
+			fmt.Fprintf(h, "dir\x00%s\x00%d\x00%v\x00", p, len(files), err)
+			for _, f := range files {
+				add(f)
+			}
+			continue
+		}
+		add(p)
 	}
-	return pool, nil
+	var sum [32]byte
+	h.Sum(sum[:0])
+	return sum
 }
