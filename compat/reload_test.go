@@ -615,19 +615,18 @@ func TestReloadRejected(t *testing.T) {
 	})
 
 	t.Run("new_cert_with_invalid_policy", func(t *testing.T) {
-		// A valid new certificate and a config that passes YAML decoding
-		// but is invalid (the admin is assigned to a policy, §7.1): the
-		// certificate must not be installed either. (Fails against
-		// cmd/kmsd as of 8955c44: reload stores the new TLS state before
-		// api.Reload validates the policies.)
+		// A config naming a valid new certificate that passes YAML
+		// decoding but is invalid (the admin is assigned to a policy,
+		// §7.1): the certificate must not be installed either. (Fails
+		// against cmd/kmsd as of 8955c44: reload stores the new TLS state
+		// before api.Reload validates the policies.) The new pair sits at
+		// new paths: rewriting the running files would install it without
+		// any SIGHUP (certificate files are reloaded when they change).
 		certPEM, keyPEM, _ := p.newServerCert(t)
-		overwrite(t, keyPath, keyPEM)
-		overwrite(t, certPath, certPEM)
-		defer func() {
-			overwrite(t, keyPath, p.serverKeyPEM)
-			overwrite(t, certPath, p.serverCertPEM)
-		}()
 		bad := n.readConfig(t)
+		bad.TLS.Key, bad.TLS.Cert = filepath.Join(n.dir, "server-next.key"), filepath.Join(n.dir, "server-next.crt")
+		overwrite(t, bad.TLS.Key, keyPEM)
+		overwrite(t, bad.TLS.Cert, certPEM)
 		bp := widened.Policy["p"]
 		bp.Identities = append([]string{adminIdentity}, bp.Identities...)
 		bad.Policy = map[string]policyConf{"p": bp}
