@@ -1,8 +1,14 @@
 package main
 
 import (
+	"context"
+	"errors"
+	"sync/atomic"
+	"time"
+
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/kmsd/kmsd/hsm"
 	"github.com/kmsd/kmsd/seal"
 )
 
@@ -45,4 +51,73 @@ func (c nodeCollector) Collect(ch chan<- prometheus.Metric) {
 		sealed = 0
 	}
 	ch <- prometheus.MustNewConstMetric(descSealed, prometheus.GaugeValue, sealed)
+}
+
+// hsmBuckets: a local token answers in well under a millisecond, a network
+// HSM in milliseconds; seconds mean trouble.
+var hsmBuckets = []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10}
+
+var descHSMLastError = prometheus.NewDesc("kmsd_hsm_last_error_timestamp_seconds",
+	"Unix time of the last failed HSM operation (0: none since start).", nil, nil)
+
+// hsmMetrics turns hsm.Config.Observe calls into metrics. Every HSM
+// operation of the process (open with login, wrap, unwrap, ping) is one
+// observation, whatever the caller (unseal, join, init, snapshot verify).
+type hsmMetrics struct {
+	duration prometheus.Histogram
+	ops      prometheus.Counter
+	errors   prometheus.Counter
+	lastErr  atomic.Int64 // unix nanoseconds, 0 = none
+}
+
+func newHSMMetrics() *hsmMetrics {
+	return &hsmMetrics{
+		duration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "kmsd_hsm_operation_duration_seconds",
+			Help:    "Duration of HSM operations (open with login, wrap, unwrap, ping), waiting for a session included.",
+			Buckets: hsmBuckets,
+		}),
+		ops: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "kmsd_hsm_operations_total",
+			Help: "HSM operations (open with login, wrap, unwrap, ping), successful or not.",
+		}),
+		errors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "kmsd_hsm_errors_total",
+			Help: "HSM operations that failed (a ciphertext that does not authenticate included; a cancelled caller or a closed module not).",
+		}),
+	}
+}
+
+// procHSM collects the HSM observations of this process. It is
+// process-wide because the HSM configuration is built from the file
+// config (fileConfig.hsmConfig), not from a node; one kmsd process runs
+// one node.
+var procHSM = newHSMMetrics()
+
+// observe is an hsm.Config.Observe function.
+func (m *hsmMetrics) observe(_ string, d time.Duration, err error) {
+	m.duration.Observe(d.Seconds())
+	m.ops.Inc()
+	if err != nil && !errors.Is(err, context.Canceled) && !errors.Is(err, hsm.ErrClosed) {
+		m.errors.Inc()
+		m.lastErr.Store(time.Now().UnixNano())
+	}
+}
+
+func (m *hsmMetrics) Describe(ch chan<- *prometheus.Desc) {
+	m.duration.Describe(ch)
+	m.ops.Describe(ch)
+	m.errors.Describe(ch)
+	ch <- descHSMLastError
+}
+
+func (m *hsmMetrics) Collect(ch chan<- prometheus.Metric) {
+	m.duration.Collect(ch)
+	m.ops.Collect(ch)
+	m.errors.Collect(ch)
+	ts := 0.0
+	if ns := m.lastErr.Load(); ns != 0 {
+		ts = float64(ns) / 1e9
+	}
+	ch <- prometheus.MustNewConstMetric(descHSMLastError, prometheus.GaugeValue, ts)
 }

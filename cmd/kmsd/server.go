@@ -104,7 +104,7 @@ func runServer(ctx context.Context, args []string) error {
 		return err
 	}
 	reg := n.reg
-	reg.MustRegister(n.raft.Collector(), nodeCollector{n})
+	reg.MustRegister(n.raft.Collector(), nodeCollector{n}, procHSM)
 	if n.api, err = api.New(n.apiConfig(cfg, errStream, reg), api.Deps{
 		Store:   n.fsm,
 		Cluster: n.raft,
@@ -115,6 +115,9 @@ func runServer(ctx context.Context, args []string) error {
 	}
 	defer n.api.Close()
 
+	// Scheduled snapshots (snapshots.go); stopped before raft and badger close.
+	stopSnapshots := n.startSnapshots(ctx)
+	defer stopSnapshots()
 	go n.unsealLoop(ctx)
 	return n.serve(ctx, cfg.Address, hup, errStream, reg)
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"flag"
@@ -184,6 +185,9 @@ func snapshotVerify(ctx context.Context, w io.Writer, args []string) error {
 	if verr != nil {
 		return fmt.Errorf("snapshot verify: %s: %w", path, verr)
 	}
+	if err := checkSidecar(w, path, f); err != nil {
+		return fmt.Errorf("snapshot verify: %w", err)
+	}
 	if cfg == nil {
 		return nil
 	}
@@ -301,4 +305,57 @@ func snapshotStanzas(r io.Reader) ([]fsm.PutStanza, error) {
 		return nil, err
 	}
 	return f.Stanzas()
+}
+
+// checkSidecar checks FILE against FILE.sha256 (as written by scheduled
+// snapshots, `sha256sum -c` format: "<hex>  <name>", or "<hex> *<name>")
+// when that file exists. f is FILE, read again from the start.
+func checkSidecar(w io.Writer, path string, f io.ReadSeeker) error {
+	side := path + ".sha256"
+	b, err := os.ReadFile(side)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	want, name, ok := parseSHA256Line(string(b))
+	switch {
+	case !ok:
+		fmt.Fprintf(w, "%-15sFAILED: %s is not a sha256sum line\n", "sidecar", side)
+		return fmt.Errorf("%s: not in sha256sum format", side)
+	case name != filepath.Base(path):
+		fmt.Fprintf(w, "%-15sFAILED: %s names %q, not %q\n", "sidecar", side, name, filepath.Base(path))
+		return fmt.Errorf("%s names %q, not %q", side, name, filepath.Base(path))
+	}
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return err
+	}
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return err
+	}
+	if got := hex.EncodeToString(h.Sum(nil)); got != want {
+		fmt.Fprintf(w, "%-15sFAILED: %s says sha256 %s, the file has %s\n", "sidecar", side, want, got)
+		return fmt.Errorf("%s: checksum mismatch", side)
+	}
+	fmt.Fprintf(w, "%-15sOK (%s)\n", "sidecar", side)
+	return nil
+}
+
+// parseSHA256Line parses one sha256sum output line.
+func parseSHA256Line(s string) (sum, name string, ok bool) {
+	s = strings.TrimSuffix(strings.TrimSuffix(s, "\n"), "\r")
+	if strings.Contains(s, "\n") || len(s) < 64+2 {
+		return "", "", false
+	}
+	sum, rest := strings.ToLower(s[:64]), s[64:]
+	if _, err := hex.DecodeString(sum); err != nil {
+		return "", "", false
+	}
+	switch {
+	case strings.HasPrefix(rest, "  "), strings.HasPrefix(rest, " *"):
+		return sum, rest[2:], rest[2:] != ""
+	}
+	return "", "", false
 }

@@ -32,6 +32,7 @@ func (c *fileConfig) hsmConfig() (hsm.Config, error) {
 		PIN:         pin,
 		KeyLabel:    c.HSM.Key,
 		MaxSessions: c.HSM.MaxSessions,
+		Observe:     procHSM.observe, // kmsd_hsm_* metrics (metrics.go)
 	}, nil
 }
 
