@@ -38,10 +38,14 @@ type route struct {
 	auth    authKind
 	counted bool // counted in kes_http_* (key, policy and identity routes)
 	stream  bool // a log stream: not audited
+	ext     bool // a kmsd extension: served, but not listed by /v1/api
 	handle  func(*Server, *request) error
 }
 
-// routeTable returns the 22 routes of spec §2.1, in that order.
+// routeTable returns the 22 routes of spec §2.1, in that order, then
+// kmsd's extensions. /v1/api lists only the 22 (KES clients and the
+// conformance suite pin that list); the extensions follow the same
+// pipeline, policy and `api:` settings as every other route.
 func routeTable() []*route {
 	const (
 		get, put, del = http.MethodGet, http.MethodPut, http.MethodDelete
@@ -74,6 +78,9 @@ func routeTable() []*route {
 
 		{path: "/v1/log/error", method: get, auth: authPolicy, stream: true, handle: (*Server).errorLog},
 		{path: "/v1/log/audit", method: get, auth: authPolicy, stream: true, handle: (*Server).auditLog},
+
+		{path: "/v1/health", method: get, timeout: s15, auth: authPolicy, ext: true, handle: (*Server).healthReport},
+		{path: "/v1/health/live", method: get, timeout: s15, auth: authPolicy, ext: true, handle: (*Server).live},
 	}
 }
 

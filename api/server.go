@@ -14,7 +14,9 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/kmsd/kmsd/cluster"
 	"github.com/kmsd/kmsd/fsm"
+	"github.com/kmsd/kmsd/health"
 	"github.com/kmsd/kmsd/seal"
 )
 
@@ -107,6 +109,21 @@ type Deps struct {
 
 	// Cache caches unsealed keys. Nil: every request unseals its key.
 	Cache *seal.Cache
+
+	// Health holds the node's checks. /v1/ready answers 503 while one of
+	// them fails (after the KES answers: 504 sealed, 502 store), and
+	// /v1/health and /v1/health/live serve its report. The API adds a
+	// "seal" and a "store" check of its own unless Health has checks of
+	// those names. Nil: only those two.
+	Health *health.Registry
+
+	// CertExpiry returns the certificate that expires first, reported on
+	// /v1/status. Nil, or ok false: not reported.
+	CertExpiry func() (name, subject string, notAfter time.Time, ok bool)
+
+	// Raft returns the node's raft status, summarised on /v1/status. Nil:
+	// not reported.
+	Raft func() cluster.Status
 
 	Rand io.Reader        // nil: crypto/rand
 	Now  func() time.Time // nil: time.Now

@@ -15,23 +15,29 @@ import (
 	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
 
 	"github.com/kmsd/kmsd/fsm"
+	"github.com/kmsd/kmsd/health"
 )
 
 // healthTimeout bounds ClusterStatus's probe of one member.
 const healthTimeout = time.Second
 
 // ClusterStatus is Status plus every member's health: each other member
-// is asked for its own status (GET /cluster/v1/status) in parallel, at
-// most about a second each (and never beyond ctx). This node reports
-// itself without a probe.
+// is asked for its own status and health report (GET /cluster/v1/status)
+// in parallel, at most about a second each (and never beyond ctx). This
+// node reports itself without a probe, its health report (Config.Health)
+// bounded the same way.
 func (n *Node) ClusterStatus(ctx context.Context) Status {
 	s := n.Status()
 	var wg sync.WaitGroup
+	wg.Go(func() {
+		cctx, cancel := context.WithTimeout(ctx, healthTimeout)
+		defer cancel()
+		s.Report = n.report(cctx)
+	})
 	for i := range s.Members {
 		m := &s.Members[i]
 		if m.ID == n.cfg.NodeID {
-			m.Health = Health{Reachable: true, State: s.State, Applied: s.AppliedIndex}
-			continue
+			continue // filled from s.Report below
 		}
 		wg.Go(func() {
 			cctx, cancel := context.WithTimeout(ctx, healthTimeout)
@@ -43,12 +49,45 @@ func (n *Node) ClusterStatus(ctx context.Context) Status {
 			case st.NodeID != m.ID:
 				m.Health = Health{Err: fmt.Sprintf("the node at %s is %q, not %q", m.Addr, st.NodeID, m.ID)}
 			default:
-				m.Health = Health{Reachable: true, State: st.State, Applied: st.AppliedIndex}
+				m.Health = Health{Reachable: true, State: st.State, Applied: st.AppliedIndex}.withReport(st.Report)
 			}
 		})
 	}
 	wg.Wait()
+	for i := range s.Members {
+		if m := &s.Members[i]; m.ID == n.cfg.NodeID {
+			m.Health = Health{Reachable: true, State: s.State, Applied: s.AppliedIndex}.withReport(s.Report)
+		}
+	}
 	return s
+}
+
+// report runs Config.Health (nil without a hook). The hook's context
+// ends a little before ctx, so a check that gives up at its deadline is
+// still reported; a hook that ignores its context is abandoned when ctx
+// ends, and the report is then a single failing "health" check.
+func (n *Node) report(ctx context.Context) *health.Report {
+	if n.cfg.Health == nil {
+		return nil
+	}
+	hctx := ctx
+	if d, ok := ctx.Deadline(); ok {
+		rem := time.Until(d)
+		var cancel context.CancelFunc
+		hctx, cancel = context.WithDeadline(ctx, d.Add(-min(rem/10, 100*time.Millisecond)))
+		defer cancel()
+	}
+	done := make(chan health.Report, 1)
+	go func() { done <- n.cfg.Health(hctx) }()
+	select {
+	case rep := <-done:
+		return &rep
+	case <-ctx.Done():
+		return &health.Report{
+			Live: true, Status: health.Fail, Time: time.Now().UTC(),
+			Checks: []health.Check{{Name: "health", Status: health.Fail, Message: "the health checks did not answer in time"}},
+		}
+	}
 }
 
 // Call sends one request to the node at addr over the node channel (see

@@ -168,14 +168,15 @@ func forwardedHeader(forwarded bool) http.Header {
 }
 
 // Status returns the ClusterStatus of the node at addr (its view, with
-// every member's health).
+// every member's reachability, raft state and health report).
 func (c *Client) Status(ctx context.Context, addr string) (Status, error) {
 	var s Status
 	err := c.call(ctx, addr, http.MethodGet, pathStatus+"?health=1", nil, nil, &s)
 	return s, err
 }
 
-// localStatus returns the node's own Status, without member health.
+// localStatus returns the node's own Status and health report (Report),
+// without member health.
 func (c *Client) localStatus(ctx context.Context, addr string) (Status, error) {
 	var s Status
 	err := c.call(ctx, addr, http.MethodGet, pathStatus, nil, nil, &s)

@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -10,6 +11,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
+
+	"github.com/kmsd/kmsd/health"
 )
 
 // MaxCommandSize bounds one encoded command. It keeps every raft entry
@@ -67,6 +70,12 @@ type Config struct {
 	RPC map[string]http.Handler
 	// Logger receives this package's and raft's logs. nil = slog.Default().
 	Logger *slog.Logger
+	// Health returns this node's health report. It is sent with the
+	// node's status on the node channel, so ClusterStatus (and `kmsd
+	// cluster status`) shows every member's health. It must honour ctx
+	// (ClusterStatus bounds each member's answer to about a second) and
+	// must not call ClusterStatus. nil = members report no health.
+	Health func(ctx context.Context) health.Report
 
 	// Raft timing. The defaults are for a LAN: a failed leader is replaced
 	// in well under a second. raft requires LeaderLeaseTimeout <=

@@ -233,12 +233,16 @@ func (n *Node) serveJoin(ctx context.Context, w http.ResponseWriter, r *http.Req
 	w.WriteHeader(http.StatusNoContent)
 }
 
+// serveStatus: this node's Status with its health report; with
+// ?health=1 its ClusterStatus (every member's status and health).
 func (n *Node) serveStatus(ctx context.Context, w http.ResponseWriter, r *http.Request) {
 	if r.URL.Query().Get("health") != "" {
 		writeJSON(w, http.StatusOK, n.ClusterStatus(ctx))
 		return
 	}
-	writeJSON(w, http.StatusOK, n.Status())
+	st := n.Status()
+	st.Report = n.report(ctx)
+	writeJSON(w, http.StatusOK, st)
 }
 
 func (n *Node) serveRemove(ctx context.Context, w http.ResponseWriter, r *http.Request) {

@@ -8,6 +8,8 @@ import (
 	"strconv"
 
 	"github.com/hashicorp/raft"
+
+	"github.com/kmsd/kmsd/health"
 )
 
 // Member is one server in the raft configuration.
@@ -25,6 +27,23 @@ type Health struct {
 	State     string `json:"state,omitempty"`   // its raft state
 	Applied   uint64 `json:"applied,omitempty"` // its FSM's applied index
 	Err       string `json:"error,omitempty"`   // why it is not reachable
+
+	// From the member's own health report (Config.Health). Status is ""
+	// when it sent none (unreachable, no hook, or an older kmsd); Live
+	// and Ready mean something only when Status is set.
+	Status  string         `json:"status,omitempty"` // "ok", "degraded" or "fail"
+	Live    bool           `json:"live"`
+	Ready   bool           `json:"ready"`
+	Failing []health.Check `json:"failing,omitempty"` // its checks that are not OK
+}
+
+// withReport fills h's health fields from rep (nil: none).
+func (h Health) withReport(rep *health.Report) Health {
+	if rep == nil {
+		return h
+	}
+	h.Status, h.Live, h.Ready, h.Failing = rep.Status.String(), rep.Live, rep.Ready, rep.Failing()
+	return h
 }
 
 // Status is a point-in-time description of the node and its cluster.
@@ -39,6 +58,9 @@ type Status struct {
 	LastLogIndex     uint64   `json:"last_log_index"`
 	Members          []Member `json:"members"`
 	FailureTolerance int      `json:"failure_tolerance"` // voters that may fail while a quorum remains
+	// Report is the node's own health report (Config.Health), filled by
+	// ClusterStatus and the status RPC only; nil without a hook.
+	Report *health.Report `json:"report,omitempty"`
 }
 
 // IsLeader reports whether this node currently believes it is the leader.

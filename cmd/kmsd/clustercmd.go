@@ -162,6 +162,58 @@ type memberJSON struct {
 	State        string `json:"state,omitempty"`
 	AppliedIndex uint64 `json:"applied_index"`
 	Error        string `json:"error,omitempty"`
+
+	// Health is one word: "ready", "degraded" (ready, but a check is
+	// degraded), "unready", "not-live", "unreachable", or "ok" for a
+	// reachable member that sent no health report (an older kmsd).
+	Health string `json:"health"`
+	// Ready, Live and Status (the worst check: ok, degraded, fail) come
+	// from the member's health report; absent without one.
+	Ready  *bool  `json:"ready,omitempty"`
+	Live   *bool  `json:"live,omitempty"`
+	Status string `json:"status,omitempty"`
+	// Checks are the member's checks that are not OK.
+	Checks []checkJSON `json:"checks,omitempty"`
+}
+
+type checkJSON struct {
+	Name     string `json:"name"`
+	Status   string `json:"status"` // degraded or fail
+	Message  string `json:"message,omitempty"`
+	Liveness bool   `json:"liveness,omitempty"`
+}
+
+// healthWord summarises a member's health for the HEALTH column.
+func healthWord(h cluster.Health) string {
+	switch {
+	case !h.Reachable:
+		return "unreachable"
+	case h.Status == "":
+		return "ok"
+	case !h.Live:
+		return "not-live"
+	case !h.Ready:
+		return "unready"
+	case h.Status != "ok":
+		return "degraded"
+	}
+	return "ready"
+}
+
+func memberJSONOf(m cluster.Member, leader string) memberJSON {
+	h := m.Health
+	mj := memberJSON{
+		ID: m.ID, Addr: m.Addr, Suffrage: m.Suffrage, Leader: m.ID == leader,
+		Reachable: h.Reachable, State: h.State, AppliedIndex: h.Applied, Error: h.Err,
+		Health: healthWord(h), Status: h.Status,
+	}
+	if h.Status != "" {
+		mj.Ready, mj.Live = &h.Ready, &h.Live
+	}
+	for _, c := range h.Failing {
+		mj.Checks = append(mj.Checks, checkJSON{Name: c.Name, Status: c.Status.String(), Message: c.Message, Liveness: c.Liveness})
+	}
+	return mj
 }
 
 func statusJSONOf(st cluster.Status) statusJSON {
@@ -175,10 +227,7 @@ func statusJSONOf(st cluster.Status) statusJSON {
 		if m.Suffrage == "Voter" {
 			out.Voters++
 		}
-		out.Members = append(out.Members, memberJSON{
-			ID: m.ID, Addr: m.Addr, Suffrage: m.Suffrage, Leader: m.ID == st.Leader,
-			Reachable: m.Health.Reachable, State: m.Health.State, AppliedIndex: m.Health.Applied, Error: m.Health.Err,
-		})
+		out.Members = append(out.Members, memberJSONOf(m, st.Leader))
 	}
 	return out
 }
@@ -215,11 +264,36 @@ func printStatus(w io.Writer, st cluster.Status) {
 		if m.Leader {
 			id += " *"
 		}
-		health, state, applied, behind := "ok", strings.ToLower(m.State), strconv.FormatUint(m.AppliedIndex, 10), strconv.FormatUint(most-m.AppliedIndex, 10)
+		state, applied, behind := strings.ToLower(m.State), strconv.FormatUint(m.AppliedIndex, 10), strconv.FormatUint(most-m.AppliedIndex, 10)
 		if !m.Reachable {
-			health, state, applied, behind = "unreachable", "-", "-", "-"
+			state, applied, behind = "-", "-", "-"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", id, m.Addr, m.Suffrage, health, state, applied, behind, m.Error)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", id, m.Addr, m.Suffrage, m.Health, state, applied, behind, m.Error)
+	}
+	tw.Flush()
+	printChecks(w, j.Members)
+}
+
+// printChecks lists the members' checks that are not OK.
+func printChecks(w io.Writer, members []memberJSON) {
+	n := 0
+	for _, m := range members {
+		n += len(m.Checks)
+	}
+	if n == 0 {
+		return
+	}
+	fmt.Fprintln(w)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "MEMBER\tCHECK\tSTATUS\tMESSAGE")
+	for _, m := range members {
+		for _, c := range m.Checks {
+			name := c.Name
+			if c.Liveness {
+				name += " (liveness)"
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", m.ID, name, c.Status, c.Message)
+		}
 	}
 	tw.Flush()
 }

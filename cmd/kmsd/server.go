@@ -59,8 +59,9 @@ type node struct {
 	hsmMu sync.Mutex
 	hsm   *hsm.Module
 
-	ctx       context.Context // the server's lifetime
-	unsealing atomic.Bool     // an unsealLoop is running
+	ctx       context.Context          // the server's lifetime
+	unsealing atomic.Bool              // an unsealLoop is running
+	unsealErr atomic.Pointer[errorBox] // the last unseal attempt's error (health.go)
 
 	// callPeer sends an internal RPC to a member; nil = raft.Call (tests
 	// replace it).
@@ -96,6 +97,7 @@ func runServer(ctx context.Context, args []string) error {
 
 	n := &node{cfgPath: *cfgPath, log: logger, ctx: ctx, health: health.NewRegistry(nil), reg: prometheus.NewRegistry(), certs: &certMonitor{}}
 	n.cfg.Store(cfg)
+	n.registerHealth()
 	defer n.close()
 	if err := n.openState(ctx); err != nil {
 		return err
@@ -110,6 +112,10 @@ func runServer(ctx context.Context, args []string) error {
 		Cluster: n.raft,
 		Keyring: n.keyring.Load,
 		Cache:   n.cache,
+		// Health: seal, raft, store (health.go) and the others' checks.
+		Health:     n.health,
+		CertExpiry: n.certs.Soonest,
+		Raft:       n.raft.Status,
 	}); err != nil {
 		return err
 	}
@@ -178,6 +184,7 @@ func (n *node) openState(ctx context.Context) error {
 		Peers:         cfg.Cluster.joinPeers(),
 		RPC:           map[string]http.Handler{rekPath: n.rekHandler()},
 		Logger:        n.log,
+		Health:        n.health.Report,
 	}, n.fsm); err != nil {
 		return err
 	}

@@ -162,6 +162,7 @@ func (n *node) unsealLoop(ctx context.Context) {
 	backoff := time.Second
 	for {
 		err := n.unseal(ctx)
+		n.noteUnseal(err)
 		if err == nil {
 			n.afterUnseal(ctx)
 			return
