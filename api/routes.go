@@ -203,6 +203,10 @@ func (s *Server) pipeline(req *request, raw http.ResponseWriter, alias bool) {
 		s.fail(req, err)
 		return
 	}
+	if err := s.auditGate(req); err != nil { // audit.go: "reject" policy
+		s.fail(req, err)
+		return
+	}
 	if err := rt.handle(s, req); err != nil {
 		s.fail(req, err)
 	}

@@ -56,9 +56,19 @@ type Config struct {
 	// with ErrorLog.Wrap. Nil: /v1/log/error streams nothing.
 	ErrorLog *ErrorStream
 
-	// Audit receives one NDJSON audit event per request. Nil: none (the
-	// /v1/log/audit stream still works).
-	Audit io.Writer
+	// Audit receives one NDJSON audit event per request (the audit file).
+	// Nil: none (the /v1/log/audit stream still works).
+	Audit AuditSink
+
+	// AuditReject selects the "reject" audit failure policy: while Audit
+	// is unhealthy, key, policy and identity requests are answered 503
+	// before anything is done, and each event waits up to AuditMaxWait
+	// for room in Audit's queue. False ("continue"): requests are served
+	// and never wait on Audit. See DESIGN.md, "Audit failure policy".
+	AuditReject bool
+
+	// AuditMaxWait bounds the wait under AuditReject. 0: no wait.
+	AuditMaxWait time.Duration
 
 	// Registry receives the kes_* metrics and is served at /v1/metrics.
 	// Nil: a private registry holding only the API's metrics.
@@ -131,19 +141,21 @@ type Deps struct {
 
 // Server serves the KES API. Create it with New.
 type Server struct {
-	deps     Deps
-	log      *slog.Logger
-	node     string
-	version  string
-	commit   string
-	started  time.Time
-	routes   []*route
-	handler  http.Handler
-	metrics  *metrics
-	audit    *broadcaster
-	errors   *broadcaster
-	auditOut io.Writer
-	auditMu  sync.Mutex
+	deps    Deps
+	log     *slog.Logger
+	node    string
+	version string
+	commit  string
+	started time.Time
+	routes  []*route
+	handler http.Handler
+	metrics *metrics
+	audit   *broadcaster
+	errors  *broadcaster
+	// The audit sink and its failure policy (audit.go).
+	auditSink   AuditSink
+	auditReject bool
+	auditWait   time.Duration
 
 	state atomic.Pointer[state]
 
@@ -180,14 +192,16 @@ func New(cfg Config, deps Deps) (*Server, error) {
 		deps.Now = time.Now
 	}
 	s := &Server{
-		deps:     deps,
-		log:      cfg.Logger,
-		node:     cfg.NodeName,
-		started:  cfg.StartTime,
-		routes:   routeTable(),
-		audit:    new(broadcaster),
-		auditOut: cfg.Audit,
-		done:     make(chan struct{}),
+		deps:        deps,
+		log:         cfg.Logger,
+		node:        cfg.NodeName,
+		started:     cfg.StartTime,
+		routes:      routeTable(),
+		audit:       new(broadcaster),
+		auditSink:   cfg.Audit,
+		auditReject: cfg.AuditReject,
+		auditWait:   cfg.AuditMaxWait,
+		done:        make(chan struct{}),
 	}
 	if s.log == nil {
 		s.log = slog.Default()

@@ -5,10 +5,8 @@ import (
 	"encoding/json"
 	"log/slog"
 	"net/http"
-	"net/netip"
 	"sync"
 	"sync/atomic"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -92,61 +90,6 @@ func (s *Server) stream(req *request, b *broadcaster, delivered prometheus.Count
 			delivered.Inc()
 		}
 	}
-}
-
-// auditEvent is one line of the audit log and /v1/log/audit, in the
-// shape kms-go's AuditStream decodes; response.time is nanoseconds (the
-// client's time.Duration, KES Q8). "node" is an addition the client
-// ignores.
-type auditEvent struct {
-	Time     time.Time     `json:"time"`
-	Node     string        `json:"node,omitempty"`
-	Request  auditRequest  `json:"request"`
-	Response auditResponse `json:"response"`
-}
-
-type auditRequest struct {
-	IP       string `json:"ip,omitempty"`
-	Path     string `json:"path"`
-	Identity string `json:"identity,omitempty"`
-	Method   string `json:"method,omitempty"`
-}
-
-type auditResponse struct {
-	Code int   `json:"code"`
-	Time int64 `json:"time"`
-}
-
-// recordAudit records one finished request, if anyone listens.
-func (s *Server) recordAudit(req *request, code int, elapsed time.Duration) {
-	if s.auditOut == nil && !s.audit.active() {
-		return
-	}
-	ip := ""
-	if addr, err := netip.ParseAddr(remoteIP(req.r)); err == nil {
-		ip = addr.Unmap().String() // kms-go decodes "ip" as net.IP
-	}
-	line, err := json.Marshal(auditEvent{
-		Time: s.deps.Now().UTC(),
-		Node: s.node,
-		Request: auditRequest{
-			IP:       ip,
-			Path:     req.r.URL.Path,
-			Identity: req.identity,
-			Method:   req.r.Method,
-		},
-		Response: auditResponse{Code: code, Time: elapsed.Nanoseconds()},
-	})
-	if err != nil {
-		return
-	}
-	line = append(line, '\n')
-	if s.auditOut != nil {
-		s.auditMu.Lock()
-		_, _ = s.auditOut.Write(line)
-		s.auditMu.Unlock()
-	}
-	s.audit.publish(line)
 }
 
 // ErrorStream feeds /v1/log/error: server log records at or above its

@@ -66,6 +66,8 @@ type node struct {
 	// callPeer sends an internal RPC to a member; nil = raft.Call (tests
 	// replace it).
 	callPeer func(ctx context.Context, addr, method, path string, body io.Reader) (*http.Response, error)
+
+	logs *logSinks // audit and error-log files (logging.go)
 }
 
 func runServer(ctx context.Context, args []string) error {
@@ -92,10 +94,11 @@ func runServer(ctx context.Context, args []string) error {
 		cfg.Address = *addr
 	}
 	errStream := api.NewErrorStream(slog.LevelError)
-	level, _ := parseLevel(cfg.Log.Error)
-	logger := slog.New(errStream.Wrap(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})))
-
-	n := &node{cfgPath: *cfgPath, log: logger, ctx: ctx, health: health.NewRegistry(nil), reg: prometheus.NewRegistry(), certs: &certMonitor{}}
+	n := &node{cfgPath: *cfgPath, ctx: ctx, health: health.NewRegistry(nil), reg: prometheus.NewRegistry(), certs: &certMonitor{}}
+	if err := n.openLogs(cfg, errStream); err != nil { // logging.go: logger, audit and error-log files
+		return err
+	}
+	defer n.logs.close()
 	n.cfg.Store(cfg)
 	n.registerHealth()
 	defer n.close()
@@ -212,9 +215,8 @@ func (n *node) apiConfig(cfg *fileConfig, es *api.ErrorStream, reg *prometheus.R
 		ErrorLog:  es,
 		Registry:  reg,
 	}
-	if lvl, _ := parseLevel(cfg.Log.Audit); lvl <= slog.LevelInfo {
-		c.Audit = os.Stdout
-	}
+	c.Audit = n.logs.auditSink() // logging.go: audit.file + the log.audit stdout copy
+	c.AuditReject, c.AuditMaxWait = cfg.Audit.OnFailure == "reject", cfg.Audit.MaxWait
 	for name, p := range cfg.Policy {
 		c.Policies[name] = api.Policy{Allow: p.Allow, Deny: p.Deny, Identities: p.Identities}
 	}
@@ -297,6 +299,7 @@ func (n *node) reload(es *api.ErrorStream, reg *prometheus.Registry) {
 	n.cfg.Store(cfg)
 	n.certw.nudge() // the TLS paths may have changed
 	n.log.Info("kmsd: configuration reloaded")
+	n.reopenLogs() // logrotate: reopen the audit and error-log files (logging.go)
 	if n.keyring.Load() != nil {
 		go n.ensureKeys(n.ctx)
 	} else {
