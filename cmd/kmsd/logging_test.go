@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -14,6 +15,7 @@ import (
 
 	"github.com/kmsd/kmsd/api"
 	"github.com/kmsd/kmsd/health"
+	"github.com/kmsd/kmsd/internal/logfile"
 )
 
 func logTestNode(t *testing.T, cfg *fileConfig) *node {
@@ -188,4 +190,51 @@ func TestOpenLogsUnconfigured(t *testing.T) {
 		t.Errorf("report %+v", r)
 	}
 	n.reopenLogs() // no files: a no-op
+}
+
+// The log.audit stdout copy never decides the audit policy: with only the
+// copy, the API's sink is always healthy and accepts every event; with a
+// file, the file's health is what counts.
+func TestTeeSink(t *testing.T) {
+	var out syncBuf
+	cp, err := logfile.New(logfile.Options{Writer: &out})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cp.Close(context.Background()) })
+	tee := teeSink{copy: cp}
+	if !tee.Healthy() || !tee.Enqueue([]byte("{\"a\":1}\n"), 0) {
+		t.Error("a copy-only tee refused an event or reported unhealthy")
+	}
+	waitFor(t, "the copy is written", func() bool { return out.String() == "{\"a\":1}\n" })
+
+	file, err := logfile.New(logfile.Options{Path: filepath.Join(t.TempDir(), "audit.log")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = file.Close(context.Background()) })
+	tee = teeSink{primary: file, copy: cp}
+	if !tee.Enqueue([]byte("{\"b\":2}\n"), 0) || !tee.Healthy() {
+		t.Error("the tee refused an event for a writable file")
+	}
+	waitFor(t, "both get the event", func() bool {
+		return strings.Contains(out.String(), `{"b":2}`) && file.Stats().Written == 1
+	})
+}
+
+type syncBuf struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuf) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuf) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
