@@ -18,6 +18,12 @@
 // its public key (Keyring.Handover), and HandoverKey.Open checks the
 // result against the cluster's REK id before returning a Keyring.
 //
+// Break-glass: Keyring.SplitRecovery splits the REK into M-of-N recovery
+// shares (package seal/shamir) that `kmsd init` prints once, and
+// RecoverKeyring combines shares back into a Keyring only if the result
+// has the REK id the caller expects (ErrRecoveryShares otherwise), so a
+// snapshot stays recoverable when every HSM key is lost.
+//
 // A Keyring seals master-key material with AES-256-GCM under a key
 // derived from the REK. The associated data binds the key name and
 // version, so a sealed blob cannot be moved to another key or version.

@@ -21,7 +21,11 @@ const usage = `usage: kmsd <command> [flags]
 commands:
   server --config FILE [--addr HOST:PORT]    serve the KES key API over mTLS
   init --config FILE                         on the first node only: create the root key, seal it
-                                             under the HSM; this node then bootstraps the cluster
+       [--recovery-shares N                  under the HSM; this node then bootstraps the cluster;
+        --recovery-threshold M]              also print N break-glass shares, any M recover the key
+  init --config FILE --restore SNAPSHOT      first node of a NEW cluster: take the snapshot's root key
+       [--recovery-shares-file FILE|-]       from this node's HSM or from M recovery shares; the
+                                             snapshot is restored at the first start
   cluster status [--json] --config FILE      role, leader, term, commit/applied index, members
                                              and their health, failure tolerance
   cluster remove NODE --config FILE          remove a member

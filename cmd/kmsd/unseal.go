@@ -5,6 +5,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"time"
@@ -12,6 +13,7 @@ import (
 	"github.com/kmsd/kmsd/fsm"
 	"github.com/kmsd/kmsd/hsm"
 	"github.com/kmsd/kmsd/seal"
+	"github.com/kmsd/kmsd/seal/shamir"
 )
 
 // stanzaFile is the node-local copy of this node's seal stanza: the REK
@@ -86,15 +88,33 @@ func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
 }
 
 // runInit creates the cluster root key (REK) and seals it under this
-// node's HSM key. It refuses to run twice.
+// node's HSM key. It refuses to run twice. With --recovery-shares N
+// --recovery-threshold M it also prints N recovery shares of the REK
+// once; with --restore SNAPSHOT it takes the REK of a snapshot instead of
+// making one and stages the snapshot for the first start (recover.go).
 func runInit(ctx context.Context, args []string) error {
+	return initNode(ctx, os.Stdout, os.Stdin, args)
+}
+
+func initNode(ctx context.Context, stdout io.Writer, stdin io.Reader, args []string) error {
 	fs := flag.NewFlagSet("init", flag.ContinueOnError)
 	cfgPath := fs.String("config", "", "path to the config file (required)")
+	var o recoveryOptions
+	fs.IntVar(&o.shares, "recovery-shares", 0, "also print this many recovery shares of the root key (break-glass; default none)")
+	fs.IntVar(&o.threshold, "recovery-threshold", 0, "how many recovery shares recover the root key (2 to --recovery-shares)")
+	fs.StringVar(&o.restore, "restore", "", "first node of a NEW cluster: take the root key of this snapshot and restore it at the first start")
+	fs.StringVar(&o.sharesFile, "recovery-shares-file", "", "with --restore: recovery shares, one per line (- = stdin), if this node's HSM key cannot unseal the snapshot")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if *cfgPath == "" {
 		return errors.New("init: --config is required")
+	}
+	if fs.NArg() != 0 {
+		return fmt.Errorf("init: unexpected argument %q", fs.Arg(0))
+	}
+	if err := o.check(); err != nil {
+		return err
 	}
 	cfg, err := loadConfig(*cfgPath)
 	if err != nil {
@@ -120,25 +140,68 @@ func runInit(ctx context.Context, args []string) error {
 		return fmt.Errorf("init: %w", err)
 	}
 	defer mod.Close()
-	kr, st, err := seal.Init(ctx, mod)
+	var (
+		kr  *seal.Keyring
+		st  seal.Stanza
+		src restoreSource
+	)
+	if o.restore == "" {
+		kr, st, err = seal.Init(ctx, mod)
+	} else if kr, src, err = keyringFromSnapshot(ctx, mod, o, stdin, os.Stderr); err == nil {
+		if st, err = kr.Stanza(ctx, mod); err != nil {
+			kr.Destroy()
+		}
+	}
 	if err != nil {
 		return fmt.Errorf("init: %w", err)
 	}
 	defer kr.Destroy()
+	var shares []*shamir.Share
+	if o.shares > 0 {
+		if shares, err = kr.SplitRecovery(o.shares, o.threshold); err != nil {
+			return fmt.Errorf("init: %w", err)
+		}
+		defer destroyShares(shares)
+	}
 	b, err := st.MarshalBinary()
 	if err != nil {
 		return fmt.Errorf("init: %w", err)
 	}
 	// The marker first: a crash before the stanza is written leaves a
 	// marker without a stanza, which the server refuses and init redoes.
+	// The staged snapshot (or the removal of a stale one from an
+	// interrupted `init --restore`) comes before the stanza for the same
+	// reason.
 	if err := writeFileAtomic(filepath.Join(cfg.DataDir, markerFile), nil, 0o600); err != nil {
+		return fmt.Errorf("init: %w", err)
+	}
+	if o.restore != "" {
+		err = stageSnapshot(cfg.DataDir, src)
+	} else if err = os.Remove(filepath.Join(cfg.DataDir, restoreFile)); errors.Is(err, os.ErrNotExist) {
+		err = nil
+	}
+	if err != nil {
 		return fmt.Errorf("init: %w", err)
 	}
 	if err := writeFileAtomic(path, b, 0o600); err != nil {
 		return fmt.Errorf("init: %w", err)
 	}
-	fmt.Printf("kmsd: initialised: root key %s sealed under HSM key %s (%s)\n", kr.ID(), st.KeyID, st.Mechanism)
-	fmt.Printf("kmsd: this node bootstraps the cluster at its first start; the nodes in cluster.peers then join it and receive the root key\n")
+	if o.restore != "" {
+		fmt.Fprintf(stdout, "kmsd: initialised from snapshot %s: root key %s (%s) sealed under HSM key %s (%s)\n",
+			src.path, kr.ID(), src.how, st.KeyID, st.Mechanism)
+		fmt.Fprintf(stdout, "kmsd: the snapshot (index %d, %d keys) is staged in %s; at its first start this node bootstraps the cluster, "+
+			"restores it, then the nodes in cluster.peers join and receive the root key\n",
+			src.info.Index, src.info.Keys, filepath.Join(cfg.DataDir, restoreFile))
+	} else {
+		fmt.Fprintf(stdout, "kmsd: initialised: root key %s sealed under HSM key %s (%s)\n", kr.ID(), st.KeyID, st.Mechanism)
+		fmt.Fprintf(stdout, "kmsd: this node bootstraps the cluster at its first start; the nodes in cluster.peers then join it and receive the root key\n")
+	}
+	if len(shares) > 0 {
+		if err := printRecoveryShares(stdout, kr.ID(), shares); err != nil {
+			return fmt.Errorf("init: the root key was created but its recovery shares could not be printed (%w); "+
+				"before the first start, empty %s and run init again to get new shares", err, cfg.DataDir)
+		}
+	}
 	return nil
 }
 
@@ -204,6 +267,13 @@ func (n *node) unseal(ctx context.Context) error {
 	}
 	kr, err := seal.Unseal(ctx, mod, st)
 	if err != nil {
+		mod.Close()
+		return err
+	}
+	// A snapshot staged by `kmsd init --restore` is restored before the
+	// keyring is installed (recover.go).
+	if err := n.restoreStaged(ctx, kr); err != nil {
+		kr.Destroy()
 		mod.Close()
 		return err
 	}
