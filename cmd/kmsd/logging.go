@@ -64,7 +64,8 @@ func (n *node) openLogs(cfg *fileConfig, es *api.ErrorStream) error {
 	}
 
 	level, _ := parseLevel(cfg.Log.Error)
-	opts := &slog.HandlerOptions{Level: level}
+	n.logLevel.Set(level)
+	opts := &slog.HandlerOptions{Level: &n.logLevel}
 	var h slog.Handler = slog.NewTextHandler(os.Stderr, opts)
 	if ls.errorLog != nil {
 		// The sink's Write never blocks and never fails: a record that

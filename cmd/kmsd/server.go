@@ -52,6 +52,9 @@ type node struct {
 	// health collects the node's checks (seal, raft, certificates, audit,
 	// store); reg is the Prometheus registry served at /v1/metrics. Both
 	// exist before openState, so every component can register.
+	// logLevel is log.error, changed by SIGHUP.
+	logLevel slog.LevelVar
+
 	health *health.Registry
 	reg    *prometheus.Registry
 	certs  *certMonitor
@@ -280,6 +283,12 @@ func (n *node) reload(es *api.ErrorStream, reg *prometheus.Registry) {
 	clusterTLSFiles := cfg.Cluster.TLS
 	cfg.Address, cfg.DataDir, cfg.Cluster, cfg.HSM = old.Address, old.DataDir, old.Cluster, old.HSM
 	cfg.Cluster.TLS = clusterTLSFiles
+	// The log files and the snapshot schedule are set up at start; a
+	// change is reported, not applied.
+	if cfg.Audit != old.Audit || cfg.ErrorLog != old.ErrorLog || cfg.Snapshot != old.Snapshot {
+		n.log.Warn("kmsd: the audit, error_log and snapshot sections changed; they take effect at the next restart")
+	}
+	cfg.Audit, cfg.ErrorLog, cfg.Snapshot = old.Audit, old.ErrorLog, old.Snapshot
 	// No file-change reload in between: it would read n.cfg.
 	n.certw.mu.Lock()
 	defer n.certw.mu.Unlock()
@@ -298,6 +307,9 @@ func (n *node) reload(es *api.ErrorStream, reg *prometheus.Registry) {
 	n.installClusterTLS(ctls, "SIGHUP")
 	n.cfg.Store(cfg)
 	n.certw.nudge() // the TLS paths may have changed
+	level, _ := parseLevel(cfg.Log.Error)
+	n.logLevel.Set(level)
+	n.cache.Reconfigure(seal.CacheConfig{Any: cfg.Cache.Expiry.Any, Unused: cfg.Cache.Expiry.Unused})
 	n.log.Info("kmsd: configuration reloaded")
 	n.reopenLogs() // logrotate: reopen the audit and error-log files (logging.go)
 	if n.keyring.Load() != nil {
