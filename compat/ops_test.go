@@ -284,6 +284,8 @@ func TestOps(t *testing.T) {
 				t.Errorf("promtool %s: %v\n%s", strings.Join(args, " "), err, out)
 			}
 		}
+	} else if os.Getenv("KMSD_REQUIRE_PROMTOOL") != "" {
+		t.Errorf("KMSD_REQUIRE_PROMTOOL is set but promtool is not installed (Debian: apt-get install prometheus): %v", err)
 	} else {
 		t.Log("promtool not installed: the alert rules' unit tests (ops/prometheus/kmsd-alerts_test.yml) did not run")
 	}
