@@ -186,10 +186,10 @@ func truncatedPEM(b []byte) error {
 }
 
 // loadCAs reads a PEM file, or every file in a directory, into a pool
-// and returns the parsed certificates too. In a directory, entries whose
-// name starts with ".." (a Kubernetes volume's ..data and timestamped
-// directories) and subdirectories are skipped, and files without any PEM
-// certificate are ignored. A certificate block that does not parse, or a
+// and returns the parsed certificates too. In a directory, hidden entries
+// (a Kubernetes volume's ..data and timestamped directories, editors'
+// and rotation tools' temp files) and subdirectories are skipped, and
+// files without any PEM certificate are ignored. A certificate block that does not parse, or a
 // truncated one, fails the whole load.
 func loadCAs(path string) (*x509.CertPool, []*x509.Certificate, error) {
 	fi, err := os.Stat(path)
@@ -225,7 +225,7 @@ func loadCAs(path string) (*x509.CertPool, []*x509.Certificate, error) {
 }
 
 // caDirFiles lists the regular files (symlinks followed) of a CA
-// directory, sorted, skipping ".."-prefixed entries.
+// directory, sorted, skipping hidden (".") entries.
 func caDirFiles(dir string) ([]string, error) {
 	entries, err := os.ReadDir(dir)
 	if err != nil {
@@ -233,7 +233,7 @@ func caDirFiles(dir string) ([]string, error) {
 	}
 	var files []string
 	for _, e := range entries {
-		if strings.HasPrefix(e.Name(), "..") {
+		if strings.HasPrefix(e.Name(), ".") {
 			continue
 		}
 		p := filepath.Join(dir, e.Name())
