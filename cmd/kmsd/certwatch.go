@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/x509"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -103,6 +104,22 @@ func (n *node) installClusterTLS(st *clusterState, source string) {
 	n.log.Info("kmsd: node-channel TLS certificate reloaded", "source", source, "file", st.files[0],
 		"subject", leaf.Subject.String(), "serial", serialHex(leaf), "not_after", leaf.NotAfter.UTC(),
 		"cluster_cas", len(st.cas))
+}
+
+// LogValue keeps the private key out of logs: a state logs as its files
+// and leaf certificate.
+func (s *tlsState) LogValue() slog.Value { return certStateValue(s.files, s.chain) }
+
+// LogValue: see tlsState.LogValue.
+func (s *clusterState) LogValue() slog.Value { return certStateValue(s.files, s.chain) }
+
+func certStateValue(files []string, chain []*x509.Certificate) slog.Value {
+	attrs := []slog.Attr{slog.String("files", strings.Join(files, ", "))}
+	if len(chain) > 0 {
+		attrs = append(attrs, slog.String("subject", chain[0].Subject.String()), slog.String("serial", serialHex(chain[0])),
+			slog.Time("not_after", chain[0].NotAfter.UTC()))
+	}
+	return slog.GroupValue(attrs...)
 }
 
 // notExpired rejects a new leaf certificate that has already expired:

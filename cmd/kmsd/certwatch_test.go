@@ -481,3 +481,28 @@ func TestLinkChain(t *testing.T) {
 		}
 	}
 }
+
+// TestCertStateLogValue: a TLS state logs as files and leaf, never the key.
+func TestCertStateLogValue(t *testing.T) {
+	ca := mkCert(t, "ca", nil, true, time.Now().Add(day))
+	leaf := mkCert(t, "leaf", ca, false, time.Now().Add(day))
+	pair, err := tls.X509KeyPair(leaf.certPEM, leaf.keyPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b strings.Builder
+	log := slog.New(slog.NewTextHandler(&b, nil))
+	log.Info("x", "api", &tlsState{cert: &pair, files: []string{"/c", "/k"}, chain: []*x509.Certificate{leaf.cert}},
+		"cluster", &clusterState{cfg: &tls.Config{Certificates: []tls.Certificate{pair}}, files: []string{"/n"}, chain: []*x509.Certificate{leaf.cert}})
+	out := b.String()
+	if !strings.Contains(out, `api.subject="CN=leaf"`) || !strings.Contains(out, "cluster.serial="+serialHex(leaf.cert)) {
+		t.Errorf("log %q lacks the leaf", out)
+	}
+	raw, err := leaf.key.Bytes()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(out, "PrivateKey") || strings.Contains(out, new(big.Int).SetBytes(raw).String()) || strings.Contains(out, fmt.Sprintf("%x", raw)) {
+		t.Errorf("log %q shows the private key", out)
+	}
+}
