@@ -24,6 +24,11 @@ const (
 // A batch is at most this many lines or bytes (one write call).
 const (
 	maxBatchLines = 1024
+
+	// Write coalescing under load (writer.go, linger).
+	lingerLines   = 64
+	lingerWindow  = 2 * time.Millisecond
+	lingerFor     = time.Millisecond
 	maxBatchBytes = 256 << 10
 )
 
@@ -81,6 +86,8 @@ type Stats struct {
 // Sink is a bounded asynchronous line writer. Create it with New; all
 // methods are safe for concurrent use.
 type Sink struct {
+	lastWrite time.Time // real time of the last write (writer goroutine only)
+
 	path       string
 	out        io.Writer // Options.Writer
 	clock      Clock
