@@ -115,6 +115,9 @@ func ParseShare(text []byte) (*Share, error) {
 		return nil, fmt.Errorf("%w: does not start with %q", ErrFormat, textPrefix)
 	}
 	cut := bytes.LastIndexByte(buf, '-')
+	if cut < len(textPrefix) { // the prefix's own '-': no checksum field
+		return nil, fmt.Errorf("%w: want group-m-x-value-checksum after the prefix", ErrFormat)
+	}
 	body, check := buf[:cut], buf[cut+1:]
 	want := sha256.Sum256(body)
 	got, err := hex.DecodeString(string(check))

@@ -177,6 +177,11 @@ func TestParseShareErrors(t *testing.T) {
 		{replace(6, fields[6][:51]+"b"), ErrFormat}, // non-canonical tail bits
 		{withCheck(body + "-extra"), ErrFormat},
 		{strings.Repeat("a", maxText+1), ErrFormat},
+		// A valid checksum over less than the prefix: the last '-' is
+		// the prefix's own (must not slice out of range).
+		{withCheck(strings.TrimSuffix(textPrefix, "-")), ErrFormat},
+		{" " + withCheck(strings.TrimSuffix(textPrefix, "-")) + "\n", ErrFormat},
+		{withCheck(textPrefix), ErrFormat}, // empty fields after the prefix
 	} {
 		s, err := ParseShare([]byte(tc.text))
 		if !errors.Is(err, tc.want) || s != nil {
