@@ -145,7 +145,7 @@ type reconfig struct {
 
 // Reconfigure applies new expiry periods and a new bound (SIGHUP): the
 // expiry tickers restart with the new periods; entries stay cached. A
-// cache above the new bound shrinks as entries are inserted. After Close
+// cache above the new bound shrinks to it at the next insert. After Close
 // it does nothing.
 func (c *Cache) Reconfigure(cfg CacheConfig) {
 	cfg = cfg.withDefaults()
@@ -267,9 +267,10 @@ func (c *Cache) finish(name string, call *loadCall) {
 	close(call.done)
 }
 
-// insert adds a used entry, making room first. c.mu is held.
+// insert adds a used entry, making room first (down to the bound, which
+// Reconfigure may have lowered). c.mu is held.
 func (c *Cache) insert(name string, k *Key) {
-	if len(c.entries) >= c.max {
+	for len(c.entries) > 0 && len(c.entries) >= c.max { // at most len(c.entries) rounds
 		c.evictOne()
 	}
 	e := &cacheEntry{key: k}

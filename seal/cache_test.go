@@ -612,3 +612,28 @@ func TestCacheReconfigure(t *testing.T) {
 	tc.Close()
 	tc.Reconfigure(CacheConfig{}) // after Close: returns, does nothing
 }
+
+// TestCacheReconfigureShrinks: a smaller MaxEntries (SIGHUP) applies at
+// the next insert, even with time-based expiry off.
+func TestCacheReconfigureShrinks(t *testing.T) {
+	tc := newTestCache(t, CacheConfig{Any: -1, Unused: -1, MaxEntries: 5})
+	defer tc.Close()
+	var l loader
+	ctx := context.Background()
+	for i := range 5 {
+		n := fmt.Sprint("k", i)
+		if _, err := tc.Get(ctx, n, l.load(n)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tc.Reconfigure(CacheConfig{Any: -1, Unused: -1, MaxEntries: 2})
+	if _, err := tc.Get(ctx, "new", l.load("new")); err != nil {
+		t.Fatal(err)
+	}
+	if got := tc.Stats().Entries; got != 2 {
+		t.Fatalf("entries after Reconfigure(MaxEntries: 2) and one insert = %d, want 2", got)
+	}
+	if !tc.has("new") {
+		t.Fatal("the inserted key is not cached")
+	}
+}
