@@ -92,10 +92,11 @@ func TestClusterStatusHealth(t *testing.T) {
 			!slices.Equal(failing(h), []string{"slow=fail:too slow"}) {
 			t.Errorf("n3 (check answers at its deadline): %+v", h)
 		}
-		// A check that ignores ctx is abandoned at the member's deadline,
-		// which reports that instead; the status does not wait for it.
+		// A check that ignores ctx is abandoned at the member's deadline
+		// (by health.Registry, which names it); the status does not wait
+		// for it.
 		if h := by["n5"]; !h.Reachable || h.Status != "fail" ||
-			!slices.Equal(failing(h), []string{"health=fail:the health checks did not answer in time"}) {
+			!slices.Equal(failing(h), []string{"stuck=fail:did not answer in time"}) {
 			t.Errorf("n5 (check ignores ctx): %+v", h)
 		}
 		if h := by["n4"]; !h.Reachable || h.Status != "" || h.Ready || len(h.Failing) != 0 {
@@ -139,4 +140,29 @@ func TestClusterStatusHealth(t *testing.T) {
 			}
 		}
 	})
+}
+
+// TestReportHookIgnoresCtx: a raw Config.Health hook that ignores its
+// context is abandoned when ctx ends and reported as one failing
+// "health" check; one that answers is passed through.
+func TestReportHookIgnoresCtx(t *testing.T) {
+	hang := make(chan struct{})
+	defer close(hang)
+	stuck := &Node{cfg: Config{Health: func(context.Context) health.Report {
+		<-hang
+		return health.Report{Live: true, Ready: true}
+	}}}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	rep := stuck.report(ctx)
+	if rep == nil || rep.Ready || rep.Status != health.Fail || len(rep.Checks) != 1 || rep.Checks[0].Name != "health" {
+		t.Fatalf("stuck hook: %+v", rep)
+	}
+	ok := &Node{cfg: Config{Health: func(context.Context) health.Report { return health.Report{Live: true, Ready: true} }}}
+	if rep := ok.report(context.Background()); rep == nil || !rep.Ready {
+		t.Fatalf("answering hook: %+v", rep)
+	}
+	if rep := (&Node{}).report(context.Background()); rep != nil {
+		t.Fatalf("no hook: %+v", rep)
+	}
 }

@@ -91,8 +91,9 @@ func (r Report) Failing() []Check {
 }
 
 // Func runs one check. It must return quickly (a check that needs I/O
-// bounds it with ctx); Name and Liveness of the result are filled in by
-// the Registry.
+// bounds it with ctx) and be safe for concurrent use; Name and Liveness
+// of the result are filled in by the Registry. One that has not returned
+// when Report's ctx ends is reported as failing.
 type Func func(ctx context.Context) (Status, string)
 
 type entry struct {
@@ -126,8 +127,14 @@ func (r *Registry) Register(name string, kind Kind, fn Func) {
 	sort.Slice(r.checks, func(i, j int) bool { return r.checks[i].name < r.checks[j].name })
 }
 
-// Report runs every check (in name order) and summarises them. A nil
-// Registry reports live and ready with no checks.
+// Report runs every check (concurrently) and summarises them, in name
+// order. A nil Registry reports live and ready with no checks. A check
+// that has not answered when ctx ends is abandoned (its goroutine exits
+// when it returns) and reported as Fail, so a stuck check can never hold
+// up /v1/ready for longer than its context. The checks get a context that
+// ends a little earlier than ctx, so one that gives up at its deadline is
+// still heard. A check that panics is
+// reported as Fail.
 func (r *Registry) Report(ctx context.Context) Report {
 	rep := Report{Live: true, Ready: true, Checks: []Check{}}
 	if r == nil {
@@ -142,14 +149,59 @@ func (r *Registry) Report(ctx context.Context) Report {
 		now = time.Now
 	}
 	rep.Time = now().UTC()
-	for _, e := range checks {
-		st, msg := e.fn(ctx)
-		c := Check{Name: e.name, Status: st, Message: msg, Liveness: e.kind == Liveness}
-		rep.Checks = append(rep.Checks, c)
-		if st > rep.Status {
-			rep.Status = st
+
+	type result struct {
+		i   int
+		st  Status
+		msg string
+	}
+	// The checks' context ends 10% (at most 100 ms) before ctx, so a
+	// check that gives up at its deadline is still reported as it says.
+	cctx := ctx
+	if d, ok := ctx.Deadline(); ok {
+		var cancel context.CancelFunc
+		cctx, cancel = context.WithDeadline(ctx, d.Add(-min(time.Until(d)/10, 100*time.Millisecond)))
+		defer cancel()
+	}
+	results := make(chan result, len(checks)) // late answers never block
+	for i, e := range checks {
+		go func() {
+			res := result{i, Fail, "the check panicked"}
+			defer func() {
+				_ = recover() // on its own goroutine a panic would end the process
+				results <- res
+			}()
+			res.st, res.msg = e.fn(cctx)
+		}()
+	}
+	answered := make([]*result, len(checks))
+wait:
+	for range checks {
+		select {
+		case res := <-results:
+			answered[res.i] = &res
+		case <-ctx.Done(): // keep the answers already in
+			for range len(checks) {
+				select {
+				case res := <-results:
+					answered[res.i] = &res
+				default:
+					break wait
+				}
+			}
+			break wait
 		}
-		if st == Fail {
+	}
+	for i, e := range checks {
+		c := Check{Name: e.name, Status: Fail, Message: "did not answer in time", Liveness: e.kind == Liveness}
+		if res := answered[i]; res != nil {
+			c.Status, c.Message = res.st, res.msg
+		}
+		rep.Checks = append(rep.Checks, c)
+		if c.Status > rep.Status {
+			rep.Status = c.Status
+		}
+		if c.Status == Fail {
 			rep.Ready = false
 			if e.kind == Liveness {
 				rep.Live = false

@@ -20,13 +20,19 @@ func TestReport(t *testing.T) {
 		{"degraded stays ready", map[string][2]any{"a": {Readiness, Degraded}}, true, true, Degraded},
 		{"readiness fail", map[string][2]any{"a": {Readiness, Fail}, "b": {Liveness, OK}}, true, false, Fail},
 		{"liveness fail", map[string][2]any{"a": {Liveness, Fail}}, false, false, Fail},
+		{"panic fails", map[string][2]any{"a": {Readiness, OK}, "p": {Liveness, Status(-1)}}, false, false, Fail},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			r := NewRegistry(func() time.Time { return fixed })
 			for name, v := range tt.checks {
 				st := v[1].(Status)
-				r.Register(name, v[0].(Kind), func(context.Context) (Status, string) { return st, "msg " + name })
+				r.Register(name, v[0].(Kind), func(context.Context) (Status, string) {
+					if st < 0 {
+						panic("check " + name)
+					}
+					return st, "msg " + name
+				})
 			}
 			rep := r.Report(context.Background())
 			if rep.Live != tt.live || rep.Ready != tt.ready || rep.Status != tt.status {
@@ -62,5 +68,51 @@ func TestRegisterReplacesAndJSON(t *testing.T) {
 	var nilReg *Registry
 	if rep := nilReg.Report(context.Background()); !rep.Live || !rep.Ready {
 		t.Fatalf("nil registry %+v", rep)
+	}
+}
+
+// TestReportStuckCheck: a check that ignores its context cannot hold up
+// the report beyond ctx; it is reported failing, the others as they are.
+func TestReportStuckCheck(t *testing.T) {
+	r := NewRegistry(nil)
+	started, release := make(chan struct{}), make(chan struct{})
+	defer close(release)
+	r.Register("a", Readiness, func(context.Context) (Status, string) { return OK, "fine" })
+	r.Register("b", Readiness, func(context.Context) (Status, string) {
+		close(started)
+		<-release // ignores ctx
+		return OK, ""
+	})
+	r.Register("c", Liveness, func(context.Context) (Status, string) { return Degraded, "slow disk" })
+	ctx, cancel := context.WithCancel(context.Background())
+	reports := make(chan Report, 1)
+	go func() { reports <- r.Report(ctx) }()
+	<-started
+	cancel()
+	var rep Report
+	select {
+	case rep = <-reports:
+	case <-time.After(10 * time.Second): // a hang guard, not a timing assertion
+		t.Fatal("Report still waits for a stuck check after its ctx ended")
+	}
+	if rep.Ready || rep.Status != Fail || len(rep.Checks) != 3 {
+		t.Fatalf("report %+v, want not ready, fail, 3 checks", rep)
+	}
+	if rep.Live != (rep.Checks[2].Status != Fail) {
+		t.Fatalf("report %+v: live must follow the liveness check c only", rep)
+	}
+	b := rep.Checks[1]
+	if b.Name != "b" || b.Status != Fail || b.Message != "did not answer in time" {
+		t.Fatalf("stuck check reported as %+v", b)
+	}
+	// a and c answered at once; they may still lose the race against the
+	// cancel, but then they too are reported as not answering.
+	for _, c := range []Check{rep.Checks[0], rep.Checks[2]} {
+		if c.Status == Fail && c.Message != "did not answer in time" {
+			t.Fatalf("check %+v", c)
+		}
+	}
+	if c := rep.Checks[2]; !c.Liveness || c.Name != "c" {
+		t.Fatalf("check c %+v", c)
 	}
 }
