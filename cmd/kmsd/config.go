@@ -340,7 +340,23 @@ func (c *fileConfig) validate() error {
 	if c.Health.CertReadyMargin < 0 {
 		errs = append(errs, errors.New("health.cert_ready_margin must not be negative"))
 	}
+	// The backups must not live in a directory kmsd owns and that an
+	// operator wipes to rebuild a node (state/, raft/) or that kmsd uses
+	// for staging (tmp/).
+	if c.DataDir != "" && c.Snapshot.Dir != "" {
+		for _, sub := range []string{"state", "raft", "tmp"} {
+			if d := filepath.Join(c.DataDir, sub); pathWithin(c.Snapshot.Dir, d) {
+				errs = append(errs, fmt.Errorf("snapshot.dir %s: must not be inside %s (kmsd's own state; use data_dir/snapshots or a directory outside data_dir)", c.Snapshot.Dir, d))
+			}
+		}
+	}
 	return errors.Join(errs...)
+}
+
+// pathWithin reports whether path is dir or inside it (lexically).
+func pathWithin(path, dir string) bool {
+	rel, err := filepath.Rel(dir, path)
+	return err == nil && rel != ".." && !strings.HasPrefix(rel, ".."+string(filepath.Separator))
 }
 
 func (c *clusterConfig) validate() []error {

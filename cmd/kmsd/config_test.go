@@ -158,6 +158,19 @@ keys:
 		{name: "duplicate pre-defined key", extra: "\nkeys: [{name: a}, {name: a}]\n", wantErr: "listed twice"},
 		{name: "bad log level", extra: "\nlog: {error: LOUD}\n", wantErr: "log.error"},
 		{name: "relative module path", extra: "\nhsm: {module: libsofthsm2.so, token: t, key: k}\n", wantErr: "absolute"},
+		{name: "snapshot.dir in the raft state", extra: "\nsnapshot: {dir: data/raft/backups}\n", wantErr: "snapshot.dir"},
+		{name: "snapshot.dir is the badger state", extra: "\nsnapshot: {dir: data/state}\n", wantErr: "must not be inside"},
+		{name: "snapshot.dir in the staging dir", extra: "\nsnapshot: {dir: data/tmp/x}\n", wantErr: "must not be inside"},
+		{name: "snapshot.dir beside the state", extra: "\nsnapshot: {dir: data/stateful}\n", check: func(t *testing.T, c *fileConfig) {
+			if filepath.Base(c.Snapshot.Dir) != "stateful" {
+				t.Errorf("snapshot.dir = %q", c.Snapshot.Dir)
+			}
+		}},
+		{name: "snapshot.dir default", check: func(t *testing.T, c *fileConfig) {
+			if c.Snapshot.Dir != filepath.Join(c.DataDir, "snapshots") {
+				t.Errorf("snapshot.dir = %q, want data_dir/snapshots", c.Snapshot.Dir)
+			}
+		}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -246,5 +259,37 @@ func TestPIN(t *testing.T) {
 	t.Setenv("TEST_KMSD_PIN", "")
 	if _, err := c.pin(); err == nil {
 		t.Fatal("no PIN source: want an error")
+	}
+}
+
+// TestRestartOnlyChanges: SIGHUP reports, rather than silently ignores,
+// the settings that are only read at start (log.audit included: the
+// stdout audit copy is a sink made at start).
+func TestRestartOnlyChanges(t *testing.T) {
+	base := func() *fileConfig {
+		c := &fileConfig{}
+		c.Log.Audit, c.Log.Error = "off", "INFO"
+		c.Audit.File, c.Snapshot.Interval = "/var/log/kmsd/audit.ndjson", time.Hour
+		return c
+	}
+	tests := []struct {
+		name   string
+		mutate func(c *fileConfig)
+		want   string
+	}{
+		{"nothing", func(*fileConfig) {}, ""},
+		{"reloadable only", func(c *fileConfig) { c.Log.Error = "DEBUG"; c.Admin.Identity = "x" }, ""},
+		{"log.audit", func(c *fileConfig) { c.Log.Audit = "on" }, "log.audit"},
+		{"audit and snapshot", func(c *fileConfig) { c.Audit.OnFailure = "reject"; c.Snapshot.Retention = 3 }, "audit, snapshot"},
+		{"error_log", func(c *fileConfig) { c.ErrorLog.File = "/tmp/e" }, "error_log"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := base()
+			tc.mutate(cfg)
+			if got := strings.Join(restartOnlyChanges(base(), cfg), ", "); got != tc.want {
+				t.Errorf("restartOnlyChanges = %q, want %q", got, tc.want)
+			}
+		})
 	}
 }

@@ -97,7 +97,7 @@ func keyringFromSnapshot(ctx context.Context, mod *hsm.Module, o recoveryOptions
 			"pass --recovery-shares-file FILE (or - for stdin) with enough recovery shares (the threshold set at `kmsd init`)",
 			info.REKID, listOrNone(info.StanzaKeyIDs), keyID)
 	}
-	shares, err := readRecoveryShares(o.sharesFile, stdin, prompt)
+	shares, err := readRecoverySharesCtx(ctx, o.sharesFile, stdin, prompt)
 	if err != nil {
 		return nil, src, err
 	}
@@ -213,6 +213,29 @@ func readRecoveryShares(path string, stdin io.Reader, prompt io.Writer) ([]*sham
 		return nil, fmt.Errorf("recovery shares %s: no share found (one kmsd-share-v1-... per line)", name)
 	}
 	return shares, nil
+}
+
+// readRecoverySharesCtx is readRecoveryShares that gives up when ctx
+// ends. main's signal context catches Ctrl-C, so a read from a terminal
+// would otherwise ignore it until EOF. The abandoned read ends with the
+// process (init returns the error); shares it still parses are destroyed.
+func readRecoverySharesCtx(ctx context.Context, path string, stdin io.Reader, prompt io.Writer) ([]*shamir.Share, error) {
+	type result struct {
+		shares []*shamir.Share
+		err    error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		s, err := readRecoveryShares(path, stdin, prompt)
+		ch <- result{s, err}
+	}()
+	select {
+	case r := <-ch:
+		return r.shares, r.err
+	case <-ctx.Done():
+		go func() { destroyShares((<-ch).shares) }()
+		return nil, fmt.Errorf("recovery shares: %w", context.Cause(ctx))
+	}
 }
 
 func destroyShares(shares []*shamir.Share) {

@@ -2,11 +2,13 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -353,5 +355,37 @@ func TestReadRecoverySharesErrors(t *testing.T) {
 		if err != nil && strings.Contains(err.Error(), "aaaa") {
 			t.Errorf("Test %d: the error quotes the input: %v", i, err)
 		}
+	}
+}
+
+// TestReadRecoverySharesCancel: a share read from stdin that never ends
+// (an operator at a terminal who pressed Ctrl-C, which main's signal
+// context catches) returns once the context ends, without waiting for
+// EOF; a read that ends first is returned as usual.
+func TestReadRecoverySharesCancel(t *testing.T) {
+	pr, pw := io.Pipe()
+	t.Cleanup(func() { pw.Close() })
+	ctx, cancel := context.WithCancel(t.Context())
+	errc := make(chan error, 1)
+	go func() {
+		_, err := readRecoverySharesCtx(ctx, "-", pr, io.Discard)
+		errc <- err
+	}()
+	if _, err := pw.Write([]byte("# a comment, then nothing\n")); err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	select {
+	case err := <-errc:
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("err = %v, want context.Canceled", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("reading recovery shares ignored the cancelled context")
+	}
+
+	_, err := readRecoverySharesCtx(t.Context(), "-", strings.NewReader("garbage\n"), io.Discard)
+	if !errors.Is(err, shamir.ErrFormat) {
+		t.Fatalf("finished read: err = %v, want shamir.ErrFormat", err)
 	}
 }

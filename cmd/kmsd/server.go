@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -283,12 +284,12 @@ func (n *node) reload(es *api.ErrorStream, reg *prometheus.Registry) {
 	clusterTLSFiles := cfg.Cluster.TLS
 	cfg.Address, cfg.DataDir, cfg.Cluster, cfg.HSM = old.Address, old.DataDir, old.Cluster, old.HSM
 	cfg.Cluster.TLS = clusterTLSFiles
-	// The log files and the snapshot schedule are set up at start; a
-	// change is reported, not applied.
-	if cfg.Audit != old.Audit || cfg.ErrorLog != old.ErrorLog || cfg.Snapshot != old.Snapshot {
-		n.log.Warn("kmsd: the audit, error_log and snapshot sections changed; they take effect at the next restart")
+	// The log files, the stdout audit copy and the snapshot schedule are
+	// set up at start; a change is reported, not applied.
+	if changed := restartOnlyChanges(old, cfg); len(changed) > 0 {
+		n.log.Warn("kmsd: settings changed that take effect at the next restart", "changed", strings.Join(changed, ", "))
 	}
-	cfg.Audit, cfg.ErrorLog, cfg.Snapshot = old.Audit, old.ErrorLog, old.Snapshot
+	cfg.Audit, cfg.ErrorLog, cfg.Snapshot, cfg.Log.Audit = old.Audit, old.ErrorLog, old.Snapshot, old.Log.Audit
 	// No file-change reload in between: it would read n.cfg.
 	n.certw.mu.Lock()
 	defer n.certw.mu.Unlock()
@@ -317,6 +318,26 @@ func (n *node) reload(es *api.ErrorStream, reg *prometheus.Registry) {
 	} else {
 		go n.unsealLoop(n.ctx) // e.g. after the operator fixed the PIN
 	}
+}
+
+// restartOnlyChanges names the settings of cfg that differ from the
+// running old ones but are only read at start (see reload).
+func restartOnlyChanges(old, cfg *fileConfig) []string {
+	var out []string
+	for _, c := range []struct {
+		name    string
+		changed bool
+	}{
+		{"audit", cfg.Audit != old.Audit},
+		{"error_log", cfg.ErrorLog != old.ErrorLog},
+		{"snapshot", cfg.Snapshot != old.Snapshot},
+		{"log.audit", cfg.Log.Audit != old.Log.Audit},
+	} {
+		if c.changed {
+			out = append(out, c.name)
+		}
+	}
+	return out
 }
 
 func (n *node) close() {

@@ -154,7 +154,9 @@ func (s *snapshotScheduler) loop(ctx context.Context) {
 	}
 }
 
-// firstDue is when the first snapshot after a start is due.
+// firstDue is when the first snapshot after a start is due: never more
+// than an interval away, even when the newest file's name is in the
+// future (written while the clock was ahead, before it was corrected).
 func (s *snapshotScheduler) firstDue() time.Time {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -162,7 +164,14 @@ func (s *snapshotScheduler) firstDue() time.Time {
 	if s.lastSuccess.IsZero() {
 		return now.Add(min(s.interval, snapshotStartDelay))
 	}
-	return s.lastSuccess.Add(s.interval)
+	return minTime(s.lastSuccess.Add(s.interval), now.Add(s.interval))
+}
+
+func minTime(a, b time.Time) time.Time {
+	if a.Before(b) {
+		return a
+	}
+	return b
 }
 
 // recover reads the newest existing snapshot of this node (its time from

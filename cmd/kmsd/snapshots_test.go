@@ -500,3 +500,37 @@ func TestSnapshotVerifySidecarMismatch(t *testing.T) {
 		t.Fatalf("verify without a sidecar: %v\n%s", err, out.String())
 	}
 }
+
+// TestSnapshotFirstDue: the first snapshot after a start is due an
+// interval after the newest file of this node, a minute after the start
+// without one, and never more than an interval away (a file named in the
+// future, written while the clock was ahead, must not stop the schedule).
+func TestSnapshotFirstDue(t *testing.T) {
+	now := time.Date(2026, 11, 22, 12, 0, 0, 0, time.UTC)
+	tests := []struct {
+		name   string
+		newest time.Time // zero: no file
+		want   time.Time
+	}{
+		{"no snapshot yet", time.Time{}, now.Add(snapshotStartDelay)},
+		{"recent snapshot", now.Add(-20 * time.Minute), now.Add(40 * time.Minute)},
+		{"overdue snapshot", now.Add(-5 * time.Hour), now.Add(-4 * time.Hour)},
+		{"snapshot named in the future", now.Add(30 * 24 * time.Hour), now.Add(time.Hour)},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			if !tc.newest.IsZero() {
+				name := fmt.Sprintf("kmsd-n1-%s-7.snap", tc.newest.Format(snapshotTimeLayout))
+				if err := os.WriteFile(filepath.Join(dir, name), []byte("x"), 0o600); err != nil {
+					t.Fatal(err)
+				}
+			}
+			s := newSnapshotScheduler(snapshotConfig{Dir: dir, Interval: time.Hour, Retention: 2}, "n1", nil, newFakeSchedClock(now), slog.New(slog.DiscardHandler))
+			s.recover()
+			if got := s.firstDue(); !got.Equal(tc.want) {
+				t.Errorf("firstDue = %s, want %s", got, tc.want)
+			}
+		})
+	}
+}
