@@ -37,8 +37,11 @@ func (n *node) noteUnseal(err error) { n.unsealErr.Store(&errorBox{err}) }
 // the components exist (they report Fail until then).
 func (n *node) registerHealth() {
 	n.health.Register("seal", health.Readiness, n.sealCheck)
-	n.health.Register("raft", health.Readiness, n.raftCheck)
 	n.health.Register("store", health.Liveness, n.storeCheck)
+	// "raft" is registered by openState once n.raft is set: cluster.Open
+	// already answers peers' status probes (which run the checks) before
+	// it returns, and the registry's lock orders the field's write before
+	// any read by the check.
 }
 
 // sealCheck fails while the node has no keyring, with the reason if one

@@ -94,11 +94,17 @@ func (ls *logSinks) report(what, target string) func(logfile.State) {
 		if log == nil {
 			return
 		}
-		if st.Healthy {
-			log.Info("kmsd: "+what+" is writable again", "file", target)
-			return
-		}
-		log.Error("kmsd: "+what+" is failing; events are counted as lost until it recovers", "file", target, "err", st.Err)
+		// The change may be noticed on a request's path (Healthy under
+		// audit.on_failure: reject); logging to a blocked stderr must not
+		// hold that request. "at" orders the lines if two cross.
+		at := time.Now().UTC()
+		go func() {
+			if st.Healthy {
+				log.Info("kmsd: "+what+" is writable again", "file", target, "at", at)
+				return
+			}
+			log.Error("kmsd: "+what+" is failing; events are counted as lost until it recovers", "file", target, "err", st.Err, "at", at)
+		}()
 	}
 }
 

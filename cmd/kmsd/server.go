@@ -195,6 +195,7 @@ func (n *node) openState(ctx context.Context) error {
 	}, n.fsm); err != nil {
 		return err
 	}
+	n.health.Register("raft", health.Readiness, n.raftCheck) // health.go: only now that n.raft is set
 	if bootstrap && len(n.raft.Status().Members) > 0 {
 		// raft has state now: the marker has done its job, and a later
 		// start must never bootstrap again.
