@@ -64,6 +64,8 @@ type node struct {
 	hsm   *hsm.Module
 
 	ctx       context.Context          // the server's lifetime
+	cancel    context.CancelFunc       // ends ctx (close)
+	bg        sync.WaitGroup           // background work: unseal loops, ensureKeys
 	unsealing atomic.Bool              // an unsealLoop is running
 	unsealErr atomic.Pointer[errorBox] // the last unseal attempt's error (health.go)
 
@@ -98,7 +100,11 @@ func runServer(ctx context.Context, args []string) error {
 		cfg.Address = *addr
 	}
 	errStream := api.NewErrorStream(slog.LevelError)
-	n := &node{cfgPath: *cfgPath, ctx: ctx, health: health.NewRegistry(nil), reg: prometheus.NewRegistry(), certs: &certMonitor{}}
+	// The node's own lifetime: close cancels it and waits for the
+	// background unseal work before raft, badger and the HSM close.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	n := &node{cfgPath: *cfgPath, ctx: ctx, cancel: cancel, health: health.NewRegistry(nil), reg: prometheus.NewRegistry(), certs: &certMonitor{}}
 	if err := n.openLogs(cfg, errStream); err != nil { // logging.go: logger, audit and error-log files
 		return err
 	}
@@ -131,7 +137,7 @@ func runServer(ctx context.Context, args []string) error {
 	// Scheduled snapshots (snapshots.go); stopped before raft and badger close.
 	stopSnapshots := n.startSnapshots(ctx)
 	defer stopSnapshots()
-	go n.unsealLoop(ctx)
+	n.background(func() { n.unsealLoop(ctx) })
 	return n.serve(ctx, cfg.Address, hup, errStream, reg)
 }
 
@@ -315,9 +321,9 @@ func (n *node) reload(es *api.ErrorStream, reg *prometheus.Registry) {
 	n.log.Info("kmsd: configuration reloaded")
 	n.reopenLogs() // logrotate: reopen the audit and error-log files (logging.go)
 	if n.keyring.Load() != nil {
-		go n.ensureKeys(n.ctx)
+		n.background(func() { n.ensureKeys(n.ctx) })
 	} else {
-		go n.unsealLoop(n.ctx) // e.g. after the operator fixed the PIN
+		n.background(func() { n.unsealLoop(n.ctx) }) // e.g. after the operator fixed the PIN
 	}
 }
 
@@ -341,7 +347,32 @@ func restartOnlyChanges(old, cfg *fileConfig) []string {
 	return out
 }
 
+// background runs fn on its own goroutine; close waits for it.
+func (n *node) background(fn func()) {
+	n.bg.Add(1)
+	go func() {
+		defer n.bg.Done()
+		fn()
+	}()
+}
+
+// bgStopWait bounds how long close waits for background work to notice
+// the cancelled context (an HSM call in progress, a raft apply).
+const bgStopWait = 15 * time.Second
+
 func (n *node) close() {
+	// No unseal may install a keyring (or an HSM session) after the
+	// teardown below: stop the background work first.
+	if n.cancel != nil {
+		n.cancel()
+	}
+	stopped := make(chan struct{})
+	go func() { n.bg.Wait(); close(stopped) }()
+	select {
+	case <-stopped:
+	case <-time.After(bgStopWait):
+		n.log.Warn("kmsd: background unseal work did not stop in time; closing anyway", "waited", bgStopWait.String())
+	}
 	if n.raft != nil {
 		if err := n.raft.Shutdown(); err != nil {
 			n.log.Error("kmsd: raft shutdown", "err", err)
