@@ -477,15 +477,18 @@ func (w *failWriter) String() string {
 // A write that breaks off inside a line is retried from that line, after
 // a newline ending the fragment, so every later line still parses.
 func TestPartialWriteRetried(t *testing.T) {
+	// One line, so the batches do not depend on when the writer wakes up.
 	w := &failWriter{fails: 2, cut: 7}
 	s, clk, _ := newSink(t, Options{Writer: w})
-	s.Enqueue(line("aaaa"), 0)
+	s.Enqueue(line("aaaaaaaaaa"), 0)
+	eventually(t, "the line is written", clk, 250*time.Millisecond, func() bool { return s.Stats().Written == 1 })
 	s.Enqueue(line("bbbb"), 0)
-	eventually(t, "both lines are written", clk, 250*time.Millisecond, func() bool { return s.Stats().Written == 2 })
+	eventually(t, "the next line is written", clk, 250*time.Millisecond, func() bool { return s.Stats().Written == 2 })
 	closeSink(t, s)
-	// 1st write: "aaaa\nbb" (cut inside bbbb); 2nd: "\nbbbb\n" cut after
-	// 7 bytes = everything; so the failure still costs nothing.
-	if got, want := w.String(), "aaaa\nbb\nbbbb\n"; got != want {
+	// 1st write: "aaaaaaa" (cut inside the line); 2nd: "\naaaaaa" (the
+	// fragment ended, the line cut again); 3rd: "\naaaaaaaaaa\n"; then
+	// "bbbb\n". Every complete line parses; fragments are lines of their own.
+	if got, want := w.String(), "aaaaaaa\naaaaaa\naaaaaaaaaa\nbbbb\n"; got != want {
 		t.Errorf("output %q, want %q", got, want)
 	}
 	if st := s.Stats(); st.WriteErrors != 2 || st.Lost != 0 {
