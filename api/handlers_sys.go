@@ -105,13 +105,7 @@ func (s *Server) healthReport(req *request) error {
 func (s *Server) live(req *request) error {
 	rep := s.readiness(req.ctx).report
 	if !rep.Live {
-		var failing []health.Check
-		for _, c := range rep.Checks {
-			if c.Liveness && c.Status == health.Fail {
-				failing = append(failing, c)
-			}
-		}
-		return newError(http.StatusServiceUnavailable, "not live: "+describeChecks(failing))
+		return newError(http.StatusServiceUnavailable, "not live: "+describeChecks(failed(rep, true)))
 	}
 	return writeEmpty(req.w)
 }
@@ -191,13 +185,7 @@ func (rd readiness) err() error {
 	case rd.storeErr != nil:
 		return fail502("key store is unavailable", rd.storeErr)
 	case !rd.report.Ready:
-		var failing []health.Check
-		for _, c := range rd.report.Checks {
-			if c.Status == health.Fail {
-				failing = append(failing, c)
-			}
-		}
-		return newError(http.StatusServiceUnavailable, "not ready: "+describeChecks(failing))
+		return newError(http.StatusServiceUnavailable, "not ready: "+describeChecks(failed(rd.report, false)))
 	}
 	return nil
 }
@@ -218,6 +206,18 @@ func withDefaultCheck(rep health.Report, c health.Check) health.Report {
 		rep.Live = rep.Live && !c.Liveness
 	}
 	return rep
+}
+
+// failed returns rep's failing checks, only the liveness ones if
+// livenessOnly.
+func failed(rep health.Report, livenessOnly bool) []health.Check {
+	var out []health.Check
+	for _, c := range rep.Checks {
+		if c.Status == health.Fail && (c.Liveness || !livenessOnly) {
+			out = append(out, c)
+		}
+	}
+	return out
 }
 
 // describeChecks names checks with their messages: "raft (no leader);

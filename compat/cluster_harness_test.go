@@ -59,8 +59,25 @@ type testCluster struct {
 // ready, unsealed, a voter, and has applied the same index.
 func startCluster(t *testing.T, n int) *testCluster {
 	t.Helper()
-	requireSoftHSM(t)
 	t0 := time.Now()
+	c := newTestCluster(t, n, func(i int, o *nodeOptions) {
+		o.Join = i > 0
+		o.API = map[string]apiConf{
+			"/v1/key/create/":   {Timeout: shortRouteTimeout},
+			"/v1/key/describe/": {Timeout: shortRouteTimeout},
+		}
+	})
+	c.startAll(t)
+	t.Logf("cluster of %d nodes formed in %v (peers %v)", n, time.Since(t0).Round(time.Millisecond), c.peers)
+	return c
+}
+
+// newTestCluster prepares n nodes (tokens, certificates, configs) on free
+// loopback ports, each with every node's cluster address as its peers,
+// without starting them; opt adjusts node i's options.
+func newTestCluster(t *testing.T, n int, opt func(i int, o *nodeOptions)) *testCluster {
+	t.Helper()
+	requireSoftHSM(t)
 	c := &testCluster{t: t, admin: mustAPIKey(t, adminAPIKey)}
 	addrs := make([]string, n)
 	for i := range n {
@@ -68,18 +85,22 @@ func startCluster(t *testing.T, n int) *testCluster {
 		c.peers = append(c.peers, freePort(t))
 	}
 	for i := range n {
-		c.nodes = append(c.nodes, newNode(t, nodeOptions{
+		o := nodeOptions{
 			Name:        fmt.Sprintf("node%d", i),
 			Addr:        addrs[i],
 			ClusterAddr: c.peers[i],
 			Peers:       c.peers,
-			Join:        i > 0,
-			API: map[string]apiConf{
-				"/v1/key/create/":   {Timeout: shortRouteTimeout},
-				"/v1/key/describe/": {Timeout: shortRouteTimeout},
-			},
-		}))
+		}
+		opt(i, &o)
+		c.nodes = append(c.nodes, newNode(t, o))
 	}
+	return c
+}
+
+// startAll starts node0, then the others, and waits until all serve and
+// have converged.
+func (c *testCluster) startAll(t *testing.T) {
+	t.Helper()
 	c.nodes[0].start(t, nil)
 	c.nodes[0].waitServing(t)
 	for _, nd := range c.nodes[1:] {
@@ -89,8 +110,6 @@ func startCluster(t *testing.T, n int) *testCluster {
 		nd.waitServing(t)
 	}
 	c.waitConverged(t)
-	t.Logf("cluster of %d nodes formed in %v (peers %v)", n, time.Since(t0).Round(time.Millisecond), c.peers)
-	return c
 }
 
 func (c *testCluster) endpoints() []string {

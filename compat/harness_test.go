@@ -301,6 +301,13 @@ func newPKI() (*testPKI, error) {
 // issueLeaf signs a client (leaf, non-CA) certificate for pub with the test CA.
 func (p *testPKI) issueLeaf(t testing.TB, pub crypto.PublicKey, cn string) []byte {
 	t.Helper()
+	return signClientLeaf(t, p.caCert, p.caKey, pub, cn)
+}
+
+// signClientLeaf signs a one-day clientAuth leaf certificate for pub
+// with the CA certificate parent and its key.
+func signClientLeaf(t testing.TB, parent *x509.Certificate, parentKey any, pub crypto.PublicKey, cn string) []byte {
+	t.Helper()
 	now := time.Now()
 	tmpl := &x509.Certificate{
 		SerialNumber:          serial(),
@@ -311,9 +318,9 @@ func (p *testPKI) issueLeaf(t testing.TB, pub crypto.PublicKey, cn string) []byt
 		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
 		BasicConstraintsValid: true,
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, p.caCert, pub, p.caKey)
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, pub, parentKey)
 	if err != nil {
-		t.Fatalf("issue leaf: %v", err)
+		t.Fatalf("issue client certificate: %v", err)
 	}
 	return der
 }

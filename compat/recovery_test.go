@@ -53,7 +53,7 @@ func TestRecovery(t *testing.T) {
 	if !strings.Contains(string(out), "any 3 of them recover it") {
 		t.Errorf("kmsd init does not tell the operator the threshold:\n%s", out)
 	}
-	old.recStart(t)
+	old.startAll(t)
 	t.Logf("old cluster: init with 5 recovery shares + 3 nodes formed in %v", time.Since(t0).Round(time.Millisecond))
 
 	t0 = time.Now()
@@ -141,7 +141,7 @@ func TestRecovery(t *testing.T) {
 		}
 		t.Logf("init --restore with 3 shares took %v:\n%s", time.Since(t1).Round(time.Millisecond), bytes.TrimSpace(out))
 		t1 = time.Now()
-		nc.recStart(t)
+		nc.startAll(t)
 		t.Logf("new cluster (new HSM keys) restored and formed in %v", time.Since(t1).Round(time.Millisecond))
 		if _, err := os.Stat(filepath.Join(n0.dataDir, "init.restore")); err == nil {
 			t.Error("the staged snapshot is still in node0's data dir after the restore")
@@ -242,37 +242,11 @@ func wrongShare(s string) string {
 // collide with those restored from another cluster's snapshot.
 func recNewCluster(t *testing.T, n, barrierBase int) *testCluster {
 	t.Helper()
-	c := &testCluster{t: t, admin: mustAPIKey(t, adminAPIKey), barriers: barrierBase}
-	addrs := make([]string, n)
-	for i := range n {
-		addrs[i] = freePort(t)
-		c.peers = append(c.peers, freePort(t))
-	}
-	for i := range n {
-		c.nodes = append(c.nodes, newNode(t, nodeOptions{
-			Name:        fmt.Sprintf("node%d", i),
-			Addr:        addrs[i],
-			ClusterAddr: c.peers[i],
-			Peers:       c.peers,
-			Join:        true, // no init: the test runs it on node0
-		}))
-	}
+	c := newTestCluster(t, n, func(_ int, o *nodeOptions) {
+		o.Join = true // no init: the test runs it on node0
+	})
+	c.barriers = barrierBase
 	return c
-}
-
-// recStart starts node0 (initialised by the test), then the others, and
-// waits until all serve and have converged.
-func (c *testCluster) recStart(t *testing.T) {
-	t.Helper()
-	c.nodes[0].start(t, nil)
-	c.nodes[0].waitServing(t)
-	for _, n := range c.nodes[1:] {
-		n.start(t, nil)
-	}
-	for _, n := range c.nodes[1:] {
-		n.waitServing(t)
-	}
-	c.waitConverged(t)
 }
 
 // recoveryData is what the old cluster held: key names, DEKs and

@@ -3,10 +3,8 @@ package compat
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -54,20 +52,7 @@ func (s *rotCertSwitch) get(*tls.CertificateRequestInfo) (*tls.Certificate, erro
 // (so its identity is the key's) from ca.
 func rotClientCert(t testing.TB, ca *certAuthority, key kes.APIKey, cn string) tls.Certificate {
 	t.Helper()
-	now := time.Now()
-	tmpl := &x509.Certificate{
-		SerialNumber:          serial(),
-		Subject:               pkix.Name{CommonName: cn},
-		NotBefore:             now.Add(-time.Hour),
-		NotAfter:              now.Add(24 * time.Hour),
-		KeyUsage:              x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-		BasicConstraintsValid: true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, key.Public(), ca.key)
-	if err != nil {
-		t.Fatalf("issue client certificate: %v", err)
-	}
+	der := signClientLeaf(t, ca.cert, ca.key, key.Public(), cn)
 	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key.Private()}
 }
 

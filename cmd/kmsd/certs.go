@@ -112,17 +112,7 @@ func (m *certMonitor) setAPI(st *tlsState) {
 	if st == nil {
 		return
 	}
-	var hs []heldCert
-	for i, c := range st.chain {
-		role := roleAPIServer
-		if i > 0 {
-			role = roleAPIChain
-		}
-		hs = append(hs, held(role, st.files[0], c))
-	}
-	for _, c := range st.cas {
-		hs = append(hs, held(roleAPIClientCA, st.files[len(st.files)-1], c))
-	}
+	hs := heldSet(st.chain, st.cas, roleAPIServer, roleAPIChain, roleAPIClientCA, st.files[0], st.files[len(st.files)-1])
 	m.mu.Lock()
 	m.api = hs
 	m.mu.Unlock()
@@ -134,21 +124,29 @@ func (m *certMonitor) setCluster(st *clusterState) {
 	if st == nil {
 		return
 	}
-	var hs []heldCert
-	for i, c := range st.chain {
-		role := roleNode
-		if i > 0 {
-			role = roleNodeChain
-		}
-		hs = append(hs, held(role, st.files[0], c))
-	}
-	for _, c := range st.cas {
-		hs = append(hs, held(roleClusterCA, st.files[2], c))
-	}
+	hs := heldSet(st.chain, st.cas, roleNode, roleNodeChain, roleClusterCA, st.files[0], st.files[2])
 	m.mu.Lock()
 	m.clus = hs
 	m.mu.Unlock()
 	m.check()
+}
+
+// heldSet lists a TLS group's certificates: the leaf (leafRole), the rest
+// of its chain (chainRole), both from certFile, and the CAs (caRole) from
+// caFile.
+func heldSet(chain, cas []*x509.Certificate, leafRole, chainRole, caRole, certFile, caFile string) []heldCert {
+	var hs []heldCert
+	for i, c := range chain {
+		role := leafRole
+		if i > 0 {
+			role = chainRole
+		}
+		hs = append(hs, held(role, certFile, c))
+	}
+	for _, c := range cas {
+		hs = append(hs, held(caRole, caFile, c))
+	}
+	return hs
 }
 
 func held(role, file string, c *x509.Certificate) heldCert {
